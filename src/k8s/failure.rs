@@ -1,0 +1,614 @@
+//! Decides from a job's Pod and Job objects whether it is still going, succeeded, or failed and why.
+//!
+//! Pure: the job task feeds it what the shared watch currently sees and the clock, and acts on the
+//! verdict. Timers (pending, image pull, pod creation) are measured from when a condition was first
+//! seen, so a verdict never depends on how often it is asked.
+
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant},
+};
+
+use k8s_openapi::api::{
+    batch::v1::Job,
+    core::v1::{ContainerStatus, Pod},
+};
+
+/// How long a job may stay in each kind of "stuck" state before it is failed.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    /// Pod unschedulable / pending.
+    pub pending: Duration,
+    /// A container in `ErrImagePull` / `ImagePullBackOff` / a container config error.
+    pub image_pull: Duration,
+    /// The Job exists but has no pod.
+    pub pod_creation: Duration,
+}
+
+/// Whether retrying the job could help; decides `markErrored` versus `markFailed`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    /// A step's command exited non-zero.
+    StepFailed,
+    /// The cluster could not run the job (scheduling, eviction, pull, deadline): worth retrying.
+    Infrastructure,
+    /// Retrying cannot help (an invalid image name).
+    Permanent,
+}
+
+/// Why a job failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    /// The container that failed or could not start, when known.
+    pub container: Option<String>,
+    /// A sentence a person can act on.
+    pub reason: String,
+    pub kind: FailureKind,
+}
+
+/// The state of a job's pod as far as the executor is concerned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Still going; when `recheck_in` is set, a timer expires then even if nothing changes.
+    Waiting {
+        recheck_in: Option<Duration>,
+    },
+    Succeeded,
+    Failed(Failure),
+}
+
+/// Remembers, for one job, when each stuck condition was first seen and which pod it runs in.
+#[derive(Debug)]
+pub struct Tracker {
+    job_created_at: Instant,
+    job_seen: bool,
+    pod_uid: Option<String>,
+    first_seen: HashMap<String, Instant>,
+}
+
+impl Tracker {
+    /// Starts tracking a Job created at `job_created_at`.
+    pub fn new(job_created_at: Instant) -> Self {
+        Self {
+            job_created_at,
+            job_seen: false,
+            pod_uid: None,
+            first_seen: HashMap::new(),
+        }
+    }
+
+    /// Judges the current objects. `job`/`pod` are what the watch holds now (`None` when absent).
+    pub fn evaluate(
+        &mut self,
+        now: Instant,
+        timeouts: &Timeouts,
+        job: Option<&Job>,
+        pod: Option<&Pod>,
+    ) -> Verdict {
+        let mut timers = Timers::default();
+        let verdict = self.judge(now, timeouts, job, pod, &mut timers);
+        match verdict {
+            Verdict::Waiting { .. } => {
+                // Forget conditions that cleared, so a later recurrence starts a fresh timer.
+                self.first_seen.retain(|key, _| timers.active.contains(key));
+                Verdict::Waiting {
+                    recheck_in: timers.next,
+                }
+            }
+            other => other,
+        }
+    }
+
+    fn judge(
+        &mut self,
+        now: Instant,
+        timeouts: &Timeouts,
+        job: Option<&Job>,
+        pod: Option<&Pod>,
+        timers: &mut Timers,
+    ) -> Verdict {
+        match job {
+            Some(_) => self.job_seen = true,
+            None if self.job_seen => {
+                return infrastructure(
+                    None,
+                    "the Kubernetes Job was deleted before it finished".to_string(),
+                );
+            }
+            None => {}
+        }
+        let Some(pod) = pod else {
+            if let Some(reason) = job.and_then(job_failed_condition) {
+                return infrastructure(None, reason);
+            }
+            if self.pod_uid.is_some() {
+                return infrastructure(None, "the job pod was deleted before it finished".to_string());
+            }
+            let waited = now.saturating_duration_since(self.job_created_at);
+            if waited >= timeouts.pod_creation {
+                let detail = job.and_then(job_condition_summary).unwrap_or_default();
+                return infrastructure(
+                    None,
+                    format!(
+                        "no pod was created for the Job within {}{detail} (check ResourceQuota, LimitRange, \
+                         admission webhooks and the job ServiceAccount)",
+                        human(timeouts.pod_creation)
+                    ),
+                );
+            }
+            timers.wait(timeouts.pod_creation - waited);
+            return Verdict::Waiting { recheck_in: None };
+        };
+
+        let uid = pod.metadata.uid.clone();
+        match (&self.pod_uid, &uid) {
+            (None, Some(u)) => self.pod_uid = Some(u.clone()),
+            (Some(first), Some(u)) if first != u => {
+                return infrastructure(
+                    None,
+                    "the job pod was deleted and replaced before it finished".to_string(),
+                );
+            }
+            _ => {}
+        }
+
+        let status = pod.status.as_ref();
+        let phase = status.and_then(|s| s.phase.as_deref()).unwrap_or("Pending");
+        match phase {
+            "Succeeded" => return Verdict::Succeeded,
+            "Failed" => return Verdict::Failed(failed_pod(pod)),
+            _ => {}
+        }
+        if pod.metadata.deletion_timestamp.is_some() {
+            return infrastructure(
+                None,
+                "the job pod was deleted (by someone else, an eviction or a node drain) before it finished"
+                    .to_string(),
+            );
+        }
+
+        if let Some(cond) = status
+            .and_then(|s| s.conditions.as_ref())
+            .and_then(|cs| cs.iter().find(|c| c.type_ == "PodScheduled"))
+            && cond.status == "False"
+        {
+            let message = cond.message.clone().unwrap_or_default();
+            let key = "unschedulable".to_string();
+            match self.timer(&key, now, timeouts.pending, timers) {
+                Some(_) => {}
+                None => {
+                    return infrastructure(
+                        None,
+                        format!(
+                            "the pod could not be scheduled within {}: {}",
+                            human(timeouts.pending),
+                            if message.is_empty() {
+                                cond.reason.clone().unwrap_or_default()
+                            } else {
+                                message
+                            }
+                        ),
+                    );
+                }
+            }
+        }
+
+        for cs in container_statuses(pod) {
+            let Some(waiting) = cs.state.as_ref().and_then(|s| s.waiting.as_ref()) else {
+                continue;
+            };
+            let reason = waiting.reason.as_deref().unwrap_or("");
+            let message = waiting.message.clone().unwrap_or_default();
+            match reason {
+                "InvalidImageName" | "ErrImageNeverPull" => {
+                    return Verdict::Failed(Failure {
+                        container: Some(cs.name.clone()),
+                        reason: format!("image {:?} cannot be used ({reason}): {message}", cs.image),
+                        kind: FailureKind::Permanent,
+                    });
+                }
+                "ErrImagePull" | "ImagePullBackOff" => {
+                    let key = format!("pull/{}", cs.name);
+                    if self.timer(&key, now, timeouts.image_pull, timers).is_none() {
+                        return infrastructure(
+                            Some(cs.name.clone()),
+                            format!(
+                                "image {:?} could not be pulled within {} ({reason}): {message}",
+                                cs.image,
+                                human(timeouts.image_pull)
+                            ),
+                        );
+                    }
+                }
+                "CreateContainerConfigError" | "CreateContainerError" | "RunContainerError" => {
+                    let key = format!("config/{}", cs.name);
+                    if self.timer(&key, now, timeouts.image_pull, timers).is_none() {
+                        return infrastructure(
+                            Some(cs.name.clone()),
+                            format!("the container could not be started ({reason}): {message}"),
+                        );
+                    }
+                }
+                _ => {}
+            }
+        }
+
+        // Pending long after scheduling without a stuck reason (e.g. a node that never starts it).
+        if phase == "Pending" {
+            let key = "pending".to_string();
+            if self.timer(&key, now, timeouts.pending, timers).is_none() {
+                return infrastructure(
+                    None,
+                    format!("the pod stayed Pending for more than {}", human(timeouts.pending)),
+                );
+            }
+        }
+        Verdict::Waiting { recheck_in: None }
+    }
+
+    /// Starts or continues the timer `key`; `None` once it has run out, else the time left.
+    fn timer(&mut self, key: &str, now: Instant, limit: Duration, timers: &mut Timers) -> Option<Duration> {
+        let since = *self.first_seen.entry(key.to_string()).or_insert(now);
+        timers.active.push(key.to_string());
+        let elapsed = now.saturating_duration_since(since);
+        if elapsed >= limit {
+            return None;
+        }
+        let left = limit - elapsed;
+        timers.wait(left);
+        Some(left)
+    }
+}
+
+#[derive(Default)]
+struct Timers {
+    next: Option<Duration>,
+    active: Vec<String>,
+}
+
+impl Timers {
+    fn wait(&mut self, left: Duration) {
+        self.next = Some(self.next.map_or(left, |n| n.min(left)));
+    }
+}
+
+fn infrastructure(container: Option<String>, reason: String) -> Verdict {
+    Verdict::Failed(Failure {
+        container,
+        reason,
+        kind: FailureKind::Infrastructure,
+    })
+}
+
+/// Init containers first (in order), then the app containers.
+pub fn container_statuses(pod: &Pod) -> impl Iterator<Item = &ContainerStatus> {
+    let status = pod.status.as_ref();
+    status
+        .and_then(|s| s.init_container_statuses.as_deref())
+        .unwrap_or_default()
+        .iter()
+        .chain(
+            status
+                .and_then(|s| s.container_statuses.as_deref())
+                .unwrap_or_default()
+                .iter(),
+        )
+}
+
+fn failed_pod(pod: &Pod) -> Failure {
+    let status = pod.status.as_ref();
+    let pod_reason = status.and_then(|s| s.reason.clone()).unwrap_or_default();
+    let pod_message = status.and_then(|s| s.message.clone()).unwrap_or_default();
+    let with_message = |text: String| {
+        if pod_message.is_empty() {
+            text
+        } else {
+            format!("{text}: {pod_message}")
+        }
+    };
+    match pod_reason.as_str() {
+        "" => {}
+        "DeadlineExceeded" => {
+            let deadline = pod.spec.as_ref().and_then(|s| s.active_deadline_seconds);
+            return Failure {
+                container: running_container(pod),
+                reason: match deadline {
+                    Some(s) => format!("the job exceeded its deadline of {s}s (KUBERNETES_JOB_DEADLINE)"),
+                    None => with_message("the job exceeded its deadline".to_string()),
+                },
+                kind: FailureKind::Infrastructure,
+            };
+        }
+        "Evicted" => {
+            return Failure {
+                container: running_container(pod),
+                reason: with_message("the pod was evicted".to_string()),
+                kind: FailureKind::Infrastructure,
+            };
+        }
+        other => {
+            // Kubelet admission failures (OutOfcpu, OutOfmemory, OutOfpods, NodeAffinity, ...):
+            // the node refused the pod, typically because it was pinned with spec.nodeName.
+            return Failure {
+                container: None,
+                reason: with_message(format!("the node rejected the pod ({other})")),
+                kind: FailureKind::Infrastructure,
+            };
+        }
+    }
+    for cs in container_statuses(pod) {
+        let Some(t) = cs.state.as_ref().and_then(|s| s.terminated.as_ref()) else {
+            continue;
+        };
+        if t.exit_code == 0 {
+            continue;
+        }
+        let reason = t.reason.as_deref().unwrap_or("");
+        if reason == "OOMKilled" {
+            return Failure {
+                container: Some(cs.name.clone()),
+                reason: format!(
+                    "the container was killed because it ran out of memory (OOMKilled, exit code {}); \
+                     raise EXECUTOR_KUBERNETES_RESOURCE_LIMIT_MEMORY",
+                    t.exit_code
+                ),
+                kind: FailureKind::Infrastructure,
+            };
+        }
+        let detail = t.message.as_deref().map(str::trim).filter(|m| !m.is_empty());
+        return Failure {
+            container: Some(cs.name.clone()),
+            reason: match detail {
+                Some(m) => format!("the step exited with code {}: {m}", t.exit_code),
+                None => format!("the step exited with code {}", t.exit_code),
+            },
+            kind: FailureKind::StepFailed,
+        };
+    }
+    Failure {
+        container: running_container(pod),
+        reason: with_message("the pod failed".to_string()),
+        kind: FailureKind::Infrastructure,
+    }
+}
+
+/// The container that was running (or about to) when the pod stopped.
+fn running_container(pod: &Pod) -> Option<String> {
+    container_statuses(pod)
+        .find(|cs| {
+            cs.state
+                .as_ref()
+                .is_none_or(|s| s.terminated.as_ref().is_none_or(|t| t.exit_code != 0))
+        })
+        .map(|cs| cs.name.clone())
+}
+
+fn job_failed_condition(job: &Job) -> Option<String> {
+    let cond = job
+        .status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == "Failed" && c.status == "True")?;
+    Some(format!(
+        "the Job failed ({}): {}",
+        cond.reason.as_deref().unwrap_or("unknown reason"),
+        cond.message.as_deref().unwrap_or("")
+    ))
+}
+
+fn job_condition_summary(job: &Job) -> Option<String> {
+    let conds = job.status.as_ref()?.conditions.as_ref()?;
+    let parts: Vec<String> = conds
+        .iter()
+        .map(|c| {
+            format!(
+                "{}={} {}",
+                c.type_,
+                c.status,
+                c.message.as_deref().or(c.reason.as_deref()).unwrap_or("")
+            )
+        })
+        .collect();
+    (!parts.is_empty()).then(|| format!(" (Job conditions: {})", parts.join("; ")))
+}
+
+/// Whether a Job has finished (Complete or Failed condition true).
+pub fn job_finished(job: &Job) -> bool {
+    job.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| {
+            cs.iter()
+                .any(|c| (c.type_ == "Complete" || c.type_ == "Failed") && c.status == "True")
+        })
+}
+
+fn human(d: Duration) -> String {
+    let s = d.as_secs();
+    if s >= 60 && s % 60 == 0 {
+        format!("{}m", s / 60)
+    } else {
+        format!("{s}s")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(json: serde_json::Value) -> Pod {
+        serde_json::from_value(json).expect("valid pod fixture")
+    }
+
+    fn job() -> Job {
+        serde_json::from_value(serde_json::json!({"metadata": {"name": "j"}})).expect("valid job fixture")
+    }
+
+    const T: Timeouts = Timeouts {
+        pending: Duration::from_secs(600),
+        image_pull: Duration::from_secs(60),
+        pod_creation: Duration::from_secs(30),
+    };
+
+    #[test]
+    fn succeeded_pod_succeeds() {
+        let mut t = Tracker::new(Instant::now());
+        let p = pod(serde_json::json!({"metadata":{"uid":"a"},"status":{"phase":"Succeeded"}}));
+        assert_eq!(
+            t.evaluate(Instant::now(), &T, Some(&job()), Some(&p)),
+            Verdict::Succeeded
+        );
+    }
+
+    #[test]
+    fn failing_step_names_its_container_and_exit_code() {
+        let mut t = Tracker::new(Instant::now());
+        let p = pod(
+            serde_json::json!({"metadata":{"uid":"a"},"status":{"phase":"Failed",
+            "initContainerStatuses":[
+              {"name":"setup-workspace","image":"i","imageID":"","ready":false,"restartCount":0,"state":{"terminated":{"exitCode":0}}},
+              {"name":"step-kubernetes-0","image":"i","imageID":"","ready":false,"restartCount":0,"state":{"terminated":{"exitCode":3,"reason":"Error"}}}]}}),
+        );
+        let Verdict::Failed(f) = t.evaluate(Instant::now(), &T, Some(&job()), Some(&p)) else {
+            panic!("expected failure");
+        };
+        assert_eq!(f.container.as_deref(), Some("step-kubernetes-0"));
+        assert_eq!(f.kind, FailureKind::StepFailed);
+        assert!(f.reason.contains("code 3"), "{}", f.reason);
+    }
+
+    #[test]
+    fn oom_killed_is_reported_as_such() {
+        let mut t = Tracker::new(Instant::now());
+        let p = pod(
+            serde_json::json!({"metadata":{"uid":"a"},"status":{"phase":"Failed",
+            "containerStatuses":[{"name":"main","image":"i","imageID":"","ready":false,"restartCount":0,
+              "state":{"terminated":{"exitCode":137,"reason":"OOMKilled"}}}]}}),
+        );
+        let Verdict::Failed(f) = t.evaluate(Instant::now(), &T, Some(&job()), Some(&p)) else {
+            panic!("expected failure");
+        };
+        assert!(f.reason.contains("OOMKilled"), "{}", f.reason);
+    }
+
+    #[test]
+    fn unschedulable_pod_fails_only_after_the_pending_timeout() {
+        let start = Instant::now();
+        let mut t = Tracker::new(start);
+        let p = pod(
+            serde_json::json!({"metadata":{"uid":"a"},"status":{"phase":"Pending","conditions":[
+            {"type":"PodScheduled","status":"False","reason":"Unschedulable",
+             "message":"0/2 nodes are available: 2 node(s) didn't match node selector."}]}}),
+        );
+        match t.evaluate(start, &T, Some(&job()), Some(&p)) {
+            Verdict::Waiting { recheck_in } => assert_eq!(recheck_in, Some(T.pending)),
+            other => panic!("unexpected {other:?}"),
+        }
+        let later = start + T.pending;
+        let Verdict::Failed(f) = t.evaluate(later, &T, Some(&job()), Some(&p)) else {
+            panic!("expected failure");
+        };
+        assert!(f.reason.contains("didn't match node selector"), "{}", f.reason);
+        assert_eq!(f.kind, FailureKind::Infrastructure);
+    }
+
+    #[test]
+    fn image_pull_backoff_fails_after_the_pull_timeout_with_the_image() {
+        let start = Instant::now();
+        let mut t = Tracker::new(start);
+        let p = pod(
+            serde_json::json!({"metadata":{"uid":"a"},"status":{"phase":"Pending",
+            "initContainerStatuses":[{"name":"setup-workspace","image":"unpullable.invalid/x","imageID":"","ready":false,
+              "restartCount":0,"state":{"waiting":{"reason":"ImagePullBackOff","message":"pull access denied"}}}]}}),
+        );
+        assert!(matches!(
+            t.evaluate(start, &T, Some(&job()), Some(&p)),
+            Verdict::Waiting { .. }
+        ));
+        let Verdict::Failed(f) = t.evaluate(start + T.image_pull, &T, Some(&job()), Some(&p)) else {
+            panic!("expected failure");
+        };
+        assert!(f.reason.contains("unpullable.invalid/x"), "{}", f.reason);
+        assert_eq!(f.container.as_deref(), Some("setup-workspace"));
+    }
+
+    #[test]
+    fn invalid_image_name_fails_at_once_as_permanent() {
+        let mut t = Tracker::new(Instant::now());
+        let p = pod(
+            serde_json::json!({"metadata":{"uid":"a"},"status":{"phase":"Pending",
+            "initContainerStatuses":[{"name":"s","image":"Bad Image","imageID":"","ready":false,"restartCount":0,
+              "state":{"waiting":{"reason":"InvalidImageName"}}}]}}),
+        );
+        let Verdict::Failed(f) = t.evaluate(Instant::now(), &T, Some(&job()), Some(&p)) else {
+            panic!("expected failure");
+        };
+        assert_eq!(f.kind, FailureKind::Permanent);
+    }
+
+    #[test]
+    fn missing_pod_fails_after_the_creation_timeout_and_deleted_job_at_once() {
+        let start = Instant::now();
+        let mut t = Tracker::new(start);
+        assert!(matches!(
+            t.evaluate(start, &T, None, None),
+            Verdict::Waiting { .. }
+        ));
+        assert!(matches!(
+            t.evaluate(start, &T, Some(&job()), None),
+            Verdict::Waiting { .. }
+        ));
+        let Verdict::Failed(f) = t.evaluate(start + T.pod_creation, &T, Some(&job()), None) else {
+            panic!("expected failure");
+        };
+        assert!(f.reason.contains("no pod was created"), "{}", f.reason);
+        let Verdict::Failed(f) = t.evaluate(start, &T, None, None) else {
+            panic!("a job seen before and now gone must fail");
+        };
+        assert!(f.reason.contains("deleted"), "{}", f.reason);
+    }
+
+    #[test]
+    fn kubelet_admission_failure_and_eviction_and_deadline() {
+        for (reason, needle) in [
+            ("OutOfcpu", "rejected"),
+            ("Evicted", "evicted"),
+            ("DeadlineExceeded", "deadline"),
+        ] {
+            let mut t = Tracker::new(Instant::now());
+            let p = pod(
+                serde_json::json!({"metadata":{"uid":"a"},"spec":{"containers":[],"activeDeadlineSeconds":5},
+                "status":{"phase":"Failed","reason":reason,"message":"m"}}),
+            );
+            let Verdict::Failed(f) = t.evaluate(Instant::now(), &T, Some(&job()), Some(&p)) else {
+                panic!("expected failure for {reason}");
+            };
+            assert!(f.reason.contains(needle), "{reason}: {}", f.reason);
+        }
+    }
+
+    #[test]
+    fn deleted_pod_fails_the_job() {
+        let mut t = Tracker::new(Instant::now());
+        let p = pod(
+            serde_json::json!({"metadata":{"uid":"a","deletionTimestamp":"2026-01-01T00:00:00Z"},
+            "status":{"phase":"Running"}}),
+        );
+        assert!(matches!(
+            t.evaluate(Instant::now(), &T, Some(&job()), Some(&p)),
+            Verdict::Failed(_)
+        ));
+        let mut t = Tracker::new(Instant::now());
+        let running = pod(serde_json::json!({"metadata":{"uid":"a"},"status":{"phase":"Running"}}));
+        assert!(matches!(
+            t.evaluate(Instant::now(), &T, Some(&job()), Some(&running)),
+            Verdict::Waiting { .. }
+        ));
+        assert!(matches!(
+            t.evaluate(Instant::now(), &T, Some(&job()), None),
+            Verdict::Failed(_)
+        ));
+    }
+}

@@ -1,0 +1,223 @@
+//! Follows a container's log through `pods/log?follow=true` and resumes after a broken stream
+//! without losing or repeating lines.
+//!
+//! Lines are requested with timestamps. On reconnect the stream restarts at the last line's second
+//! (`sinceTime` has second precision); lines older than the last one seen are dropped, and of the
+//! lines carrying exactly the last timestamp as many are skipped as were already delivered.
+
+use std::time::Duration;
+
+use futures_util::{AsyncBufReadExt, TryStreamExt};
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::Pod;
+use kube::{Api, api::LogParams};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use crate::events::{Event, Events};
+
+/// Where to resume a log stream.
+#[derive(Debug, Default, Clone)]
+pub struct Cursor {
+    last: Option<Timestamp>,
+    seen_at_last: usize,
+    skip_at_last: usize,
+}
+
+impl Cursor {
+    /// Whether a line stamped `ts` is new; updates the cursor when it is.
+    pub fn accept(&mut self, ts: Timestamp) -> bool {
+        match self.last {
+            Some(last) if ts < last => false,
+            Some(last) if ts == last => {
+                if self.skip_at_last > 0 {
+                    self.skip_at_last -= 1;
+                    false
+                } else {
+                    self.seen_at_last += 1;
+                    true
+                }
+            }
+            _ => {
+                self.last = Some(ts);
+                self.seen_at_last = 1;
+                self.skip_at_last = 0;
+                true
+            }
+        }
+    }
+
+    /// Prepares for a new stream: returns the `sinceTime` to ask for.
+    pub fn resume(&mut self) -> Option<Timestamp> {
+        self.skip_at_last = self.seen_at_last;
+        self.last.map(|t| {
+            // Whole seconds, rounded down: the API rounds sinceTime to the nearest second, and
+            // rounding up would lose lines.
+            Timestamp::from_second(t.as_second()).unwrap_or(t)
+        })
+    }
+}
+
+/// Splits `<RFC3339Nano timestamp> <text>`; a line without a parseable stamp is returned whole.
+pub fn split_timestamp(line: &str) -> (Option<Timestamp>, &str) {
+    if let Some((stamp, rest)) = line.split_once(' ')
+        && let Ok(ts) = stamp.parse::<Timestamp>()
+    {
+        return (Some(ts), rest);
+    }
+    match line.parse::<Timestamp>() {
+        Ok(ts) => (Some(ts), ""),
+        Err(_) => (None, line),
+    }
+}
+
+/// Why following a log stopped early.
+#[derive(Debug, thiserror::Error)]
+pub enum FollowError {
+    #[error("the pod is gone")]
+    PodGone,
+}
+
+/// What the follower needs to know about the container while it streams.
+pub trait ContainerProbe: Send + Sync {
+    /// The container has terminated (its final log is complete once the stream ends).
+    fn terminated(&self) -> bool;
+    /// The pod no longer exists.
+    fn pod_gone(&self) -> bool;
+}
+
+/// Follows `container`'s log until the container has terminated and its log is read, calling
+/// `on_line` for each new line (without the timestamp and newline).
+///
+/// # Cancel safety
+/// Returns `Ok` when `stop` is cancelled; lines already delivered stay delivered.
+#[allow(clippy::too_many_arguments)]
+pub async fn follow(
+    pods: &Api<Pod>,
+    pod: &str,
+    container: &str,
+    probe: &dyn ContainerProbe,
+    mut changes: watch::Receiver<u64>,
+    events: &Events,
+    stop: &CancellationToken,
+    mut on_line: impl FnMut(&str),
+) -> Result<(), FollowError> {
+    let mut cursor = Cursor::default();
+    let mut failures: u32 = 0;
+    let mut first = true;
+    loop {
+        let since_time = cursor.resume();
+        if !first {
+            events.record(Event::LogStreamResumed);
+        }
+        first = false;
+        let terminated_before_open = probe.terminated();
+        let params = LogParams {
+            container: Some(container.to_string()),
+            follow: true,
+            timestamps: true,
+            since_time,
+            ..LogParams::default()
+        };
+        let opened = tokio::select! {
+            _ = stop.cancelled() => return Ok(()),
+            opened = pods.log_stream(pod, &params) => opened,
+        };
+        let clean_end = match opened {
+            Ok(reader) => {
+                failures = 0;
+                let mut lines = std::pin::pin!(reader.lines());
+                loop {
+                    let next = tokio::select! {
+                        _ = stop.cancelled() => return Ok(()),
+                        next = lines.try_next() => next,
+                    };
+                    match next {
+                        Ok(Some(line)) => {
+                            let (ts, text) = split_timestamp(&line);
+                            if ts.is_none_or(|ts| cursor.accept(ts)) {
+                                on_line(text);
+                            }
+                        }
+                        Ok(None) => break true,
+                        Err(error) => {
+                            debug!(container, %error, "log stream broke");
+                            break false;
+                        }
+                    }
+                }
+            }
+            Err(kube::Error::Api(status)) if status.code == 404 => {
+                if probe.pod_gone() {
+                    return Err(FollowError::PodGone);
+                }
+                false
+            }
+            Err(error) => {
+                // 400 "waiting to start" while the watch lags, or a transient API/node error.
+                failures += 1;
+                if failures % 10 == 0 {
+                    warn!(container, %error, failures, "cannot open the container log; retrying");
+                } else {
+                    debug!(container, %error, "cannot open the container log; retrying");
+                }
+                false
+            }
+        };
+        if clean_end && (terminated_before_open || probe.terminated()) {
+            return Ok(());
+        }
+        if probe.pod_gone() {
+            return Err(FollowError::PodGone);
+        }
+        // Wait for news about the container (or a short pause), so a stream that ended before the
+        // watch reported the termination is not reopened in a tight loop.
+        let pause = if clean_end {
+            Duration::from_secs(1)
+        } else {
+            Duration::from_millis(200 * u64::from(failures.clamp(1, 25)))
+        };
+        tokio::select! {
+            _ = stop.cancelled() => return Ok(()),
+            _ = changes.changed() => {}
+            _ = tokio::time::sleep(pause) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ts(s: &str) -> Timestamp {
+        s.parse().expect("valid timestamp")
+    }
+
+    #[test]
+    fn splits_stamped_lines() {
+        let (t, text) = split_timestamp("2026-01-01T00:00:01.5Z hello world");
+        assert_eq!(t, Some(ts("2026-01-01T00:00:01.5Z")));
+        assert_eq!(text, "hello world");
+        assert_eq!(split_timestamp("2026-01-01T00:00:01Z").1, "");
+        assert_eq!(split_timestamp("no stamp here"), (None, "no stamp here"));
+    }
+
+    #[test]
+    fn resume_skips_lines_already_delivered_even_with_equal_stamps() {
+        let mut c = Cursor::default();
+        assert_eq!(c.resume(), None);
+        let a = ts("2026-01-01T00:00:01.1Z");
+        let b = ts("2026-01-01T00:00:01.2Z");
+        assert!(c.accept(a));
+        assert!(c.accept(b));
+        assert!(c.accept(b)); // two lines with the same stamp
+        // Stream breaks; the new stream starts at the whole second.
+        assert_eq!(c.resume(), Some(ts("2026-01-01T00:00:01Z")));
+        assert!(!c.accept(a));
+        assert!(!c.accept(b));
+        assert!(!c.accept(b));
+        assert!(c.accept(b), "a third line with the same stamp is new");
+        assert!(c.accept(ts("2026-01-01T00:00:02Z")));
+    }
+}

@@ -1,0 +1,9 @@
+//! Kubernetes side of the executor: object builders, the shared pod/job watch, logs and cleanup.
+
+pub mod failure;
+pub mod job_spec;
+pub mod labels;
+pub mod logs;
+pub mod objects;
+pub mod script;
+pub mod watch;

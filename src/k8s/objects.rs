@@ -1,0 +1,325 @@
+//! Creating, owning and deleting a job's Kubernetes objects, and sweeping a previous process's leftovers.
+
+use std::time::Duration;
+
+use k8s_openapi::api::{
+    batch::v1::Job,
+    core::v1::{PersistentVolumeClaim, Secret},
+};
+use kube::{
+    Api, Client, Resource, ResourceExt,
+    api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
+};
+use serde::de::DeserializeOwned;
+use tracing::{info, warn};
+
+use super::{job_spec::JobObjects, labels};
+
+/// Why a job's objects could not be created.
+#[derive(Debug, thiserror::Error)]
+pub enum CreateError {
+    #[error("a {kind} named {name} already exists and belongs to another executor ({owner})")]
+    OwnedByOther {
+        kind: &'static str,
+        name: String,
+        owner: String,
+    },
+    #[error("creating {kind} {name} was rejected by the API server: {message}")]
+    Rejected {
+        kind: &'static str,
+        name: String,
+        message: String,
+    },
+    #[error("creating {kind} {name} is forbidden; check the executor's Role: {message}")]
+    Forbidden {
+        kind: &'static str,
+        name: String,
+        message: String,
+    },
+    #[error("creating {kind} {name} failed: {source}")]
+    Api {
+        kind: &'static str,
+        name: String,
+        source: kube::Error,
+    },
+    #[error("a leftover {kind} named {name} was still being deleted after {waited:?}")]
+    LeftoverNotGone {
+        kind: &'static str,
+        name: String,
+        waited: Duration,
+    },
+}
+
+impl CreateError {
+    /// Whether retrying the whole job later could succeed.
+    pub fn is_permanent(&self) -> bool {
+        matches!(self, CreateError::Rejected { .. })
+    }
+}
+
+/// The typed APIs of one namespace.
+#[derive(Clone)]
+pub struct Objects {
+    pub jobs: Api<Job>,
+    pub secrets: Api<Secret>,
+    pub pvcs: Api<PersistentVolumeClaim>,
+    instance_id: String,
+}
+
+/// What creation produced.
+#[derive(Debug)]
+pub struct Created {
+    /// The Job as the API server returned it (with its UID).
+    pub job: Job,
+    /// Leftovers of an earlier run of the same job that had to be removed first.
+    pub replaced_leftovers: usize,
+}
+
+impl Objects {
+    /// APIs for `namespace`, acting for executor instance `instance_id`.
+    pub fn new(client: Client, namespace: &str, instance_id: &str) -> Self {
+        Self {
+            jobs: Api::namespaced(client.clone(), namespace),
+            secrets: Api::namespaced(client.clone(), namespace),
+            pvcs: Api::namespaced(client, namespace),
+            instance_id: instance_id.to_string(),
+        }
+    }
+
+    /// Creates Secret(s) → PVC → Job, then makes the Job the owner of the others so the garbage
+    /// collector removes them with it. An object of the same name left by an earlier run of this
+    /// executor instance (a crash before cleanup) is deleted and created again.
+    ///
+    /// # Errors
+    /// See [`CreateError`]; on error, whatever was created is deleted again.
+    pub async fn create(&self, objects: &JobObjects) -> Result<Created, CreateError> {
+        let mut replaced = 0;
+        let mut created_secrets: Vec<String> = Vec::new();
+        let mut created_pvc: Option<String> = None;
+        let result: Result<Job, CreateError> = async {
+            let secrets = std::iter::once(&objects.secret).chain(objects.pull_secret.iter());
+            for secret in secrets {
+                replaced += self.create_one(&self.secrets, "Secret", secret).await?.1;
+                created_secrets.push(secret.name_any());
+            }
+            if let Some(pvc) = &objects.pvc {
+                replaced += self.create_one(&self.pvcs, "PersistentVolumeClaim", pvc).await?.1;
+                created_pvc = Some(pvc.name_any());
+            }
+            let (job, n) = self.create_one(&self.jobs, "Job", &objects.job).await?;
+            replaced += n;
+            Ok(job)
+        }
+        .await;
+        match result {
+            Ok(job) => {
+                if let Some(patch) = super::job_spec::owner_reference_patch(&job) {
+                    let params = PatchParams::default();
+                    for name in &created_secrets {
+                        if let Err(error) = self.secrets.patch(name, &params, &Patch::Merge(&patch)).await {
+                            warn!(secret = %name, %error, "could not make the Job own its Secret; it is deleted explicitly");
+                        }
+                    }
+                    if let Some(name) = &created_pvc
+                        && let Err(error) = self.pvcs.patch(name, &params, &Patch::Merge(&patch)).await
+                    {
+                        warn!(pvc = %name, %error, "could not make the Job own its PVC; it is deleted explicitly");
+                    }
+                }
+                Ok(Created {
+                    job,
+                    replaced_leftovers: replaced,
+                })
+            }
+            Err(error) => {
+                for name in &created_secrets {
+                    let _ = delete_quietly(&self.secrets, name).await;
+                }
+                if let Some(name) = &created_pvc {
+                    let _ = delete_quietly(&self.pvcs, name).await;
+                }
+                Err(error)
+            }
+        }
+    }
+
+    /// Creates one object; on AlreadyExists removes our own leftover and tries once more.
+    /// Returns the created object and how many leftovers were replaced.
+    ///
+    /// Ownership is checked with a list by name *and* this instance's labels, so the executor needs
+    /// no `get` permission on Secrets and never touches another executor's objects.
+    async fn create_one<K>(
+        &self,
+        api: &Api<K>,
+        kind: &'static str,
+        object: &K,
+    ) -> Result<(K, usize), CreateError>
+    where
+        K: Resource + Clone + DeserializeOwned + serde::Serialize + std::fmt::Debug,
+    {
+        let name = object.meta().name.clone().unwrap_or_default();
+        match api.create(&PostParams::default(), object).await {
+            Ok(created) => return Ok((created, 0)),
+            Err(kube::Error::Api(status)) if status.code == 409 => {}
+            Err(error) => return Err(classify(kind, &name, error)),
+        }
+        match self.find_ours(api, &name).await {
+            Ok(true) => {}
+            Ok(false) => {
+                return Err(CreateError::OwnedByOther {
+                    kind,
+                    name,
+                    owner: "another executor instance or not kube-executor".to_string(),
+                });
+            }
+            Err(error) => return Err(classify(kind, &name, error)),
+        }
+        info!(kind, %name, "removing a leftover of an earlier run of this job");
+        let _ = delete_quietly(api, &name).await;
+        let limit = Duration::from_secs(60);
+        if !self.wait_gone(api, &name, limit).await {
+            return Err(CreateError::LeftoverNotGone {
+                kind,
+                name,
+                waited: limit,
+            });
+        }
+        api.create(&PostParams::default(), object)
+            .await
+            .map(|created| (created, 1))
+            .map_err(|e| classify(kind, &name, e))
+    }
+
+    /// Whether an object named `name` carrying this instance's labels exists.
+    async fn find_ours<K>(&self, api: &Api<K>, name: &str) -> Result<bool, kube::Error>
+    where
+        K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
+    {
+        let params = ListParams::default()
+            .labels(&labels::instance_selector(&self.instance_id))
+            .fields(&format!("metadata.name={name}"));
+        Ok(!api.list(&params).await?.items.is_empty())
+    }
+
+    /// Waits (polling with growing pauses, bounded) until our object `name` no longer exists.
+    async fn wait_gone<K>(&self, api: &Api<K>, name: &str, limit: Duration) -> bool
+    where
+        K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
+    {
+        let deadline = tokio::time::Instant::now() + limit;
+        let mut delay = Duration::from_millis(100);
+        loop {
+            match self.find_ours(api, name).await {
+                Ok(false) => return true,
+                _ if tokio::time::Instant::now() >= deadline => return false,
+                _ => {}
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(2));
+        }
+    }
+
+    /// Deletes the Job (pods and owned Secrets/PVC follow through the garbage collector), and the
+    /// Secrets/PVC explicitly too, which also covers a failed owner patch. NotFound counts as done.
+    ///
+    /// # Errors
+    /// Lists every delete that failed.
+    pub async fn delete_all(&self, objects: &JobObjects) -> Result<Vec<String>, Vec<String>> {
+        let mut done = Vec::new();
+        let mut failed = Vec::new();
+        let job_name = objects.job.name_any();
+        match delete_quietly(&self.jobs, &job_name).await {
+            Ok(()) => done.push(format!("deleted job.batch/{job_name}")),
+            Err(e) => failed.push(format!("job.batch/{job_name}: {e}")),
+        }
+        for secret in std::iter::once(&objects.secret).chain(objects.pull_secret.iter()) {
+            let name = secret.name_any();
+            match delete_quietly(&self.secrets, &name).await {
+                Ok(()) => done.push(format!("deleted secret/{name}")),
+                Err(e) => failed.push(format!("secret/{name}: {e}")),
+            }
+        }
+        if let Some(pvc) = &objects.pvc {
+            let name = pvc.name_any();
+            match delete_quietly(&self.pvcs, &name).await {
+                Ok(()) => done.push(format!("deleted persistentvolumeclaim/{name}")),
+                Err(e) => failed.push(format!("persistentvolumeclaim/{name}: {e}")),
+            }
+        }
+        if failed.is_empty() { Ok(done) } else { Err(failed) }
+    }
+
+    /// Deletes this instance's Jobs (and stray Secrets/PVCs) left by an earlier process: that
+    /// process can no longer report them, and the frontend re-queues their jobs. Finished Jobs are
+    /// kept when `keep_finished` (KUBERNETES_KEEP_JOBS) is set.
+    ///
+    /// # Errors
+    /// When listing fails; individual delete failures are logged.
+    pub async fn sweep_leftovers(&self, keep_finished: bool) -> Result<usize, kube::Error> {
+        let selector = labels::instance_selector(&self.instance_id);
+        let params = ListParams::default().labels(&selector);
+        let mut deleted = 0;
+        for job in self.jobs.list(&params).await? {
+            if keep_finished && super::failure::job_finished(&job) {
+                continue;
+            }
+            let name = job.name_any();
+            match delete_quietly(&self.jobs, &name).await {
+                Ok(()) => {
+                    info!(job = %name, "deleted a Job left by an earlier executor process");
+                    deleted += 1;
+                }
+                Err(error) => warn!(job = %name, %error, "could not delete a leftover Job"),
+            }
+        }
+        if !keep_finished {
+            // Owned Secrets/PVCs go with their Job; these are the ones a crash left unowned.
+            for secret in self.secrets.list(&params).await? {
+                if secret.owner_references().is_empty() {
+                    let _ = delete_quietly(&self.secrets, &secret.name_any()).await;
+                }
+            }
+            for pvc in self.pvcs.list(&params).await? {
+                if pvc.owner_references().is_empty() {
+                    let _ = delete_quietly(&self.pvcs, &pvc.name_any()).await;
+                }
+            }
+        }
+        Ok(deleted)
+    }
+}
+
+fn background() -> DeleteParams {
+    DeleteParams::background()
+}
+
+async fn delete_quietly<K>(api: &Api<K>, name: &str) -> Result<(), kube::Error>
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
+{
+    match api.delete(name, &background()).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
+        Err(error) => Err(error),
+    }
+}
+
+fn classify(kind: &'static str, name: &str, error: kube::Error) -> CreateError {
+    match error {
+        kube::Error::Api(status) if status.code == 422 || status.code == 400 => CreateError::Rejected {
+            kind,
+            name: name.to_string(),
+            message: status.message.clone(),
+        },
+        kube::Error::Api(status) if status.code == 403 => CreateError::Forbidden {
+            kind,
+            name: name.to_string(),
+            message: status.message.clone(),
+        },
+        source => CreateError::Api {
+            kind,
+            name: name.to_string(),
+            source,
+        },
+    }
+}

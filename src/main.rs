@@ -1,0 +1,81 @@
+//! The `executor` binary: reads the environment, installs signal handling and runs the executor.
+
+use std::process::ExitCode;
+
+use kube_executor::{RunError, config::Config, runner::Shutdown};
+
+fn main() -> ExitCode {
+    match std::env::args().nth(1).as_deref() {
+        None | Some("run") => {}
+        Some("version" | "--version") => {
+            println!("kube-executor {}", kube_executor::telemetry::BUILD_VERSION);
+            return ExitCode::SUCCESS;
+        }
+        Some(other) => {
+            eprintln!(
+                "executor: unknown command {other:?}; usage: executor [run|version] (configured by environment variables)"
+            );
+            return ExitCode::from(2);
+        }
+    }
+    let config = match Config::from_env() {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("executor: {error}");
+            return ExitCode::from(1);
+        }
+    };
+    kube_executor::telemetry::init_logging(&config);
+    // Both HTTP clients use rustls; pick its crypto provider once for the process.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(error) => {
+            eprintln!("executor: cannot start the async runtime: {error}");
+            return ExitCode::from(1);
+        }
+    };
+    let shutdown = Shutdown::default();
+    runtime.spawn(handle_signals(shutdown.clone()));
+    match runtime.block_on(kube_executor::run(config, shutdown)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(RunError::InterruptedAtStartup) => {
+            tracing::warn!("stopped before the frontend answered");
+            ExitCode::from(1)
+        }
+        Err(error) => {
+            tracing::error!(%error, "executor failed");
+            eprintln!("executor: {error}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// First SIGTERM/SIGINT/SIGHUP drains (no new jobs, running ones finish); a second one stops
+/// running jobs at once.
+async fn handle_signals(shutdown: Shutdown) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
+    ) else {
+        tracing::error!("cannot install signal handlers");
+        return;
+    };
+    for n in 0.. {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+            _ = hup.recv() => {}
+        }
+        if n == 0 {
+            tracing::info!("signal received: no new jobs; running jobs may finish (send again to stop them)");
+            shutdown.drain.cancel();
+        } else {
+            tracing::info!("second signal: stopping running jobs");
+            shutdown.force.cancel();
+            return;
+        }
+    }
+}

@@ -1,0 +1,342 @@
+//! The executor's loops: startup ping, heartbeats, and the dequeue loop with graceful shutdown.
+//!
+//! ```text
+//! slot → dequeue → spawn job task ─┐      heartbeat every 5 s: running IDs → cancelIds / knownIds
+//!   ▲                              │
+//!   └──── slot freed when the job's Job is gone ◄─ shared Job watch
+//! ```
+
+use std::{
+    collections::HashSet,
+    time::{Duration, Instant},
+};
+
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tracing::{debug, info, warn};
+
+use crate::{
+    config::{Config, QueueSelection},
+    events::Event,
+    job::{self, Deps, StopReason},
+    queue::types::{
+        DequeueRequest, HeartbeatRequestMulti, HeartbeatRequestV1, HeartbeatResponse, QueueJobIds, Telemetry,
+    },
+    slots::Slots,
+    telemetry::SystemInfo,
+};
+
+/// Heartbeat period; must stay well under the frontend's 25 s stalled-job limit.
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
+
+/// A job missing from `knownIds` this many heartbeats in a row is abandoned.
+const ABANDON_AFTER_MISSING: u32 = 2;
+
+/// Signals from outside: `drain` stops dequeuing and lets jobs finish; `force` stops them.
+#[derive(Clone, Default)]
+pub struct Shutdown {
+    pub drain: CancellationToken,
+    pub force: CancellationToken,
+}
+
+/// Whether the frontend has answered; read by `/readyz`.
+#[derive(Clone, Default)]
+pub struct FrontendStatus {
+    answered: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl FrontendStatus {
+    pub fn answered(&self) -> bool {
+        self.answered.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn set(&self) {
+        self.answered.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// The Prometheus `queue` label: the queue, or the sorted queues joined with `_`.
+pub fn queue_label(queues: &QueueSelection) -> String {
+    match queues {
+        QueueSelection::Single(q) => q.clone(),
+        QueueSelection::Multi(qs) => {
+            let mut qs = qs.clone();
+            qs.sort();
+            qs.join("_")
+        }
+    }
+}
+
+/// Sends heartbeats (with only the executor name) every second until the frontend answers.
+/// The first heartbeat also registers the name the frontend checks on job routes.
+///
+/// # Errors
+/// Returns `Err(())` if `stop` is cancelled first.
+pub async fn ping_until_answered(
+    deps: &Deps,
+    system: &SystemInfo,
+    frontend: &FrontendStatus,
+    stop: &CancellationToken,
+) -> Result<(), ()> {
+    let started = Instant::now();
+    loop {
+        match send_heartbeat(deps, system, &[], false).await {
+            Ok(_) => {
+                frontend.set();
+                info!(executor = %deps.executor_name, "frontend answered");
+                return Ok(());
+            }
+            Err(error) => {
+                // Starting executors commonly race the frontend's own start: stay quiet at first.
+                if started.elapsed() > Duration::from_secs(60) || !error.is_transient() {
+                    warn!(%error, "frontend not reachable yet; retrying");
+                } else {
+                    debug!(%error, "frontend not reachable yet; retrying");
+                }
+            }
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return Err(()),
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
+
+async fn send_heartbeat(
+    deps: &Deps,
+    system: &SystemInfo,
+    running: &[(String, String)],
+    with_metrics: bool,
+) -> Result<HeartbeatResponse, crate::queue::client::QueueError> {
+    let cfg = &deps.config;
+    let telemetry = Telemetry {
+        os: system.os.clone(),
+        architecture: system.architecture.clone(),
+        docker_version: String::new(),
+        executor_version: cfg.reported_version.clone(),
+        git_version: system.git_version.clone(),
+        ignite_version: String::new(),
+        src_cli_version: String::new(),
+        prometheus_metrics: if with_metrics {
+            system.metrics_text(deps)
+        } else {
+            String::new()
+        },
+    };
+    match &cfg.queues {
+        QueueSelection::Single(queue) => {
+            let ids: Vec<i64> = running.iter().filter_map(|(uid, _)| uid.parse().ok()).collect();
+            let req = HeartbeatRequestV1 {
+                version: "V2".to_string(),
+                executor_name: deps.executor_name.clone(),
+                job_ids: (!ids.is_empty()).then_some(ids),
+                telemetry,
+            };
+            deps.queue.heartbeat_single(queue, &req).await
+        }
+        QueueSelection::Multi(queues) => {
+            let mut by_queue: Vec<QueueJobIds> = Vec::new();
+            for (uid, queue) in running {
+                let id = uid.split_once('-').map_or(uid.as_str(), |(id, _)| id).to_string();
+                match by_queue.iter_mut().find(|q| &q.queue_name == queue) {
+                    Some(q) => q.job_ids.push(id),
+                    None => by_queue.push(QueueJobIds {
+                        queue_name: queue.clone(),
+                        job_ids: vec![id],
+                    }),
+                }
+            }
+            by_queue.sort_by(|a, b| a.queue_name.cmp(&b.queue_name));
+            let req = HeartbeatRequestMulti {
+                version: String::new(),
+                executor_name: deps.executor_name.clone(),
+                queue_names: queues.clone(),
+                job_ids_by_queue: by_queue,
+                telemetry,
+            };
+            deps.queue.heartbeat_multi(&req).await
+        }
+    }
+}
+
+/// Heartbeats every [`HEARTBEAT_INTERVAL`] until `stop`; applies `cancelIds` and `knownIds`.
+pub async fn heartbeat_loop(
+    deps: Deps,
+    system: SystemInfo,
+    frontend: FrontendStatus,
+    stop: CancellationToken,
+) {
+    let mut ticker = tokio::time::interval(HEARTBEAT_INTERVAL);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        let running: Vec<(String, String)> = deps
+            .registry
+            .all()
+            .into_iter()
+            .map(|(uid, job)| (uid, job.queue.clone()))
+            .collect();
+        match send_heartbeat(&deps, &system, &running, true).await {
+            Ok(response) => {
+                frontend.set();
+                apply_heartbeat_response(&deps, &running, &response);
+            }
+            Err(error) => {
+                deps.events.record(Event::FrontendError);
+                warn!(%error, "heartbeat failed; retrying on the next tick");
+            }
+        }
+    }
+}
+
+fn apply_heartbeat_response(deps: &Deps, sent: &[(String, String)], response: &HeartbeatResponse) {
+    for uid in &response.cancel_ids {
+        if let Some(job) = deps.registry.get(uid) {
+            info!(job = %uid, "the frontend canceled the job");
+            job.stop(StopReason::Canceled);
+        }
+    }
+    let known: HashSet<&str> = response.known_ids.iter().map(String::as_str).collect();
+    for (uid, _) in sent {
+        let Some(job) = deps.registry.get(uid) else {
+            continue;
+        };
+        let mut missing = job.missing_from_known.lock().unwrap_or_else(|p| p.into_inner());
+        if known.contains(uid.as_str()) {
+            *missing = 0;
+        } else {
+            *missing += 1;
+            if *missing >= ABANDON_AFTER_MISSING {
+                warn!(job = %uid, "the frontend no longer knows this job (reset or reassigned); stopping it");
+                drop(missing);
+                job.stop(StopReason::Abandoned);
+            }
+        }
+    }
+}
+
+/// The dequeue loop: take a slot, dequeue, start the job; stops on `drain`, on
+/// EXECUTOR_NUM_TOTAL_JOBS or on EXECUTOR_MAX_ACTIVE_TIME.
+pub async fn dequeue_loop(deps: Deps, slots: std::sync::Arc<Slots>, jobs: TaskTracker, shutdown: Shutdown) {
+    let cfg: &Config = &deps.config;
+    let started = Instant::now();
+    let mut dequeued: u64 = 0;
+    let mut consecutive_errors: u32 = 0;
+    let (route_queue, queues) = match &cfg.queues {
+        QueueSelection::Single(q) => (Some(q.clone()), Vec::new()),
+        QueueSelection::Multi(qs) => (None, qs.clone()),
+    };
+    let request = DequeueRequest {
+        queues,
+        executor_name: deps.executor_name.clone(),
+        version: cfg.reported_version.clone(),
+        num_cpus: cfg.job_num_cpus,
+        memory: cfg.job_memory.clone(),
+        disk_space: cfg.job_disk_space.clone(),
+    };
+    loop {
+        if cfg.num_total_jobs.is_some_and(|n| dequeued >= n) {
+            info!(dequeued, "EXECUTOR_NUM_TOTAL_JOBS reached; no more dequeues");
+            break;
+        }
+        if cfg.max_active_time.is_some_and(|t| started.elapsed() >= t) {
+            info!("EXECUTOR_MAX_ACTIVE_TIME reached; no more dequeues");
+            break;
+        }
+        let permit = tokio::select! {
+            _ = shutdown.drain.cancelled() => break,
+            permit = slots.acquire() => permit,
+        };
+        let result = tokio::select! {
+            _ = shutdown.drain.cancelled() => break,
+            result = deps.queue.dequeue(route_queue.as_deref(), &request) => result,
+        };
+        match result {
+            Ok(Some(job)) => {
+                consecutive_errors = 0;
+                dequeued += 1;
+                deps.events.record(Event::JobDequeued);
+                info!(job_id = job.id, queue = %job.queue, "dequeued a job");
+                let stop = shutdown.force.child_token();
+                jobs.spawn(job::run(deps.clone(), job, permit, stop));
+            }
+            Ok(None) => {
+                consecutive_errors = 0;
+                drop(permit);
+                tokio::select! {
+                    _ = shutdown.drain.cancelled() => break,
+                    _ = tokio::time::sleep(cfg.poll_interval) => {}
+                }
+            }
+            Err(error) => {
+                drop(permit);
+                deps.events.record(Event::FrontendError);
+                consecutive_errors = consecutive_errors.saturating_add(1);
+                let delay = error_backoff(cfg.poll_interval, consecutive_errors);
+                warn!(%error, retry_in_ms = delay.as_millis() as u64, "dequeue failed");
+                tokio::select! {
+                    _ = shutdown.drain.cancelled() => break,
+                    _ = tokio::time::sleep(delay) => {}
+                }
+            }
+        }
+    }
+}
+
+/// Capped exponential backoff with jitter for consecutive frontend errors.
+fn error_backoff(base: Duration, consecutive: u32) -> Duration {
+    let base = base.max(Duration::from_millis(500));
+    let exp = base.saturating_mul(1u32 << consecutive.min(6).saturating_sub(1));
+    let capped = exp.min(Duration::from_secs(30));
+    // Jitter from the clock's nanoseconds: enough to spread executors restarting together.
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let jitter = capped.mul_f64(f64::from(nanos % 1000) / 4000.0);
+    capped + jitter
+}
+
+/// Waits for running jobs after a drain: up to the grace period, then stops them (force).
+pub async fn drain_jobs(jobs: &TaskTracker, shutdown: &Shutdown, grace: Duration, registry: &job::Registry) {
+    jobs.close();
+    if !registry.is_empty() {
+        info!(
+            running = registry.len(),
+            grace_s = grace.as_secs(),
+            "waiting for running jobs to finish"
+        );
+    }
+    tokio::select! {
+        _ = jobs.wait() => return,
+        _ = shutdown.force.cancelled() => info!("second signal: stopping running jobs now"),
+        _ = tokio::time::sleep(grace) => info!("shutdown grace period over: stopping running jobs"),
+    }
+    for (_, job) in registry.all() {
+        job.stop(StopReason::Shutdown);
+    }
+    shutdown.force.cancel();
+    jobs.wait().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let a = error_backoff(Duration::from_secs(1), 1);
+        let b = error_backoff(Duration::from_secs(1), 3);
+        let c = error_backoff(Duration::from_secs(1), 30);
+        assert!(a >= Duration::from_secs(1) && a < Duration::from_millis(1300));
+        assert!(b >= Duration::from_secs(4));
+        assert!(c >= Duration::from_secs(30) && c <= Duration::from_millis(37_500));
+    }
+
+    #[test]
+    fn multi_queue_label_is_sorted() {
+        let q = QueueSelection::Multi(vec!["codeintel".into(), "batches".into()]);
+        assert_eq!(queue_label(&q), "batches_codeintel");
+    }
+}

@@ -1,0 +1,112 @@
+//! Logging setup and the facts an executor reports about itself (OS, architecture, git version, metrics).
+
+use tracing_subscriber::{EnvFilter, fmt};
+
+use crate::{
+    config::{Config, LogFormat},
+    job::Deps,
+};
+
+/// The product's own build version (reported separately from EXECUTOR_REPORTED_VERSION).
+pub const BUILD_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Installs the global tracing subscriber from SRC_LOG_LEVEL / SRC_LOG_FORMAT. `RUST_LOG`, when
+/// set, overrides the level with full filter syntax.
+pub fn init_logging(config: &Config) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        EnvFilter::new(format!(
+            "{},kube_executor={}",
+            quiet(&config.log_level),
+            config.log_level
+        ))
+    });
+    let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // Ignore "already set": tests may build several executors in one process.
+    let _ = match config.log_format {
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Condensed | LogFormat::Logfmt => builder.compact().with_ansi(false).try_init(),
+        LogFormat::Console => builder.try_init(),
+    };
+}
+
+/// Dependencies log at most at warn unless the executor itself is at debug.
+fn quiet(level: &str) -> &str {
+    if level == "debug" { "info" } else { "warn" }
+}
+
+/// Static facts about this executor, sent in heartbeats.
+#[derive(Debug, Clone)]
+pub struct SystemInfo {
+    pub os: String,
+    pub architecture: String,
+    pub git_version: String,
+    pub queue_label: String,
+    pub slots: std::sync::Arc<crate::slots::Slots>,
+}
+
+impl SystemInfo {
+    /// Gathers OS, architecture (Go's names, which the frontend shows) and `git version`.
+    pub async fn gather(queue_label: String, slots: std::sync::Arc<crate::slots::Slots>) -> Self {
+        Self {
+            os: std::env::consts::OS.to_string(),
+            architecture: go_arch(std::env::consts::ARCH).to_string(),
+            git_version: git_version().await.unwrap_or_default(),
+            queue_label,
+            slots,
+        }
+    }
+
+    /// The Prometheus text sent in heartbeats and served on /metrics.
+    pub fn metrics_text(&self, deps: &Deps) -> String {
+        let mut text = deps
+            .events
+            .render_prometheus(&self.queue_label, self.slots.max(), self.slots.used());
+        text.push_str("# HELP kube_executor_build_info The executor's build version.\n");
+        text.push_str("# TYPE kube_executor_build_info gauge\n");
+        text.push_str(&format!(
+            "kube_executor_build_info{{version=\"{BUILD_VERSION}\",reported_version=\"{}\"}} 1\n",
+            deps.config.reported_version.replace('"', "")
+        ));
+        text
+    }
+}
+
+fn go_arch(rust_arch: &str) -> &str {
+    match rust_arch {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        "x86" => "386",
+        "powerpc64" => "ppc64",
+        other => other,
+    }
+}
+
+/// `git version 2.47.3` → `2.47.3`; empty when git is missing (the image ships it).
+async fn git_version() -> Option<String> {
+    let out = tokio::process::Command::new("git")
+        .arg("version")
+        .output()
+        .await
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.trim()
+        .strip_prefix("git version ")
+        .map(|v| v.split_whitespace().next().unwrap_or(v).to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn architectures_use_go_names() {
+        assert_eq!(go_arch("x86_64"), "amd64");
+        assert_eq!(go_arch("aarch64"), "arm64");
+    }
+
+    #[tokio::test]
+    async fn git_version_is_read_from_git() {
+        let v = git_version().await.expect("git is installed on build machines");
+        assert!(v.chars().next().is_some_and(|c| c.is_ascii_digit()), "{v}");
+    }
+}

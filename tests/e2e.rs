@@ -1,0 +1,383 @@
+//! End-to-end: the real `executor` binary against a real local control plane and the dev frontend.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use dev_frontend::{FrontendOptions, JobState, MarkKind};
+use kube::api::ListParams;
+use support::{Env, Gate, job, step};
+
+const JOB_TIMEOUT: Duration = Duration::from_secs(120);
+
+fn entry<'a>(record: &'a dev_frontend::JobRecord, key: &str) -> &'a dev_frontend::LogEntryRecord {
+    record
+        .log_entries
+        .iter()
+        .find(|e| e.key == key)
+        .unwrap_or_else(|| panic!("no log entry {key}; entries: {:#?}", record.log_entries))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multi_step_job_clones_through_the_git_route_and_shares_the_workspace() {
+    let env = Env::start().await;
+    let commit = env
+        .frontend
+        .create_repo("github.com/acme/widgets", &[("README.md", "hello from the repository\n")])
+        .await
+        .expect("create repository");
+    let mut new_job = job(vec![
+        step("build", &["echo built-by-step-one > ../artifact.txt", "echo \"secret is s3cr3t-value\""]),
+        step("check", &["cat README.md ../artifact.txt", "git log --format=%H -1"]),
+    ]);
+    new_job.repository_name = "github.com/acme/widgets".into();
+    new_job.repository_directory = "repository".into();
+    new_job.commit = commit.clone();
+    new_job.docker_steps[0].dir = "repository".into();
+    new_job.docker_steps[1].dir = "repository".into();
+    new_job.redacted_values.insert("s3cr3t-value".into(), "${{ secrets.TOKEN }}".into());
+    let id = env.frontend.enqueue(new_job);
+
+    let mut executor = env.spawn_executor(&[]);
+    let record = env.wait_terminal(id, JOB_TIMEOUT).await;
+    assert_eq!(record.state, JobState::Completed, "{record:#?}\n{}", executor.log_text());
+
+    let keys: Vec<&str> = record.log_entries.iter().map(|e| e.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        [
+            "setup.workspace",
+            "step.kubernetes.build",
+            "step.kubernetes.check",
+            "main",
+            "teardown.kubernetes.job",
+            "teardown.fs"
+        ]
+    );
+    for e in &record.log_entries {
+        assert_eq!(e.exit_code, Some(0), "{e:#?}");
+        assert!(e.out.lines().all(|l| l.starts_with("stdout: ")), "{e:#?}");
+    }
+    let check = entry(&record, "step.kubernetes.check");
+    assert!(check.out.contains("stdout: hello from the repository"), "{}", check.out);
+    assert!(check.out.contains("stdout: built-by-step-one"), "{}", check.out);
+    assert!(check.out.contains(&format!("stdout: {commit}")), "{}", check.out);
+    let build = entry(&record, "step.kubernetes.build");
+    assert!(build.out.contains("${{ secrets.TOKEN }}"), "{}", build.out);
+    assert!(!build.out.contains("s3cr3t-value"), "redacted value leaked: {}", build.out);
+    assert_eq!(
+        record.mark_calls.iter().map(|m| m.kind).collect::<Vec<_>>(),
+        [MarkKind::Complete]
+    );
+    env.wait_no_objects(Duration::from_secs(30)).await;
+
+    executor.signal(15);
+    assert!(executor.wait_exit(Duration::from_secs(30)).await.success());
+    let executors = env.frontend.executors();
+    assert_eq!(executors.len(), 1);
+    assert!(executors[0].hostname.starts_with("e2e-host-"), "{:?}", executors[0].hostname);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_arrive_while_a_step_still_runs() {
+    let env = Env::start().await;
+    let gate = Gate::new();
+    let id = env.frontend.enqueue(job(vec![step(
+        "slow",
+        &["echo first-line", &gate.wait_cmd(), "echo second-line"],
+    )]));
+    let _executor = env.spawn_executor(&[]);
+    let during = env
+        .frontend
+        .wait_for_job("batches", id, JOB_TIMEOUT, |j| {
+            j.log_entries
+                .iter()
+                .any(|e| e.key == "step.kubernetes.slow" && e.out.contains("first-line"))
+        })
+        .await
+        .expect("first line streamed");
+    let live = entry(&during, "step.kubernetes.slow");
+    assert_eq!(live.exit_code, None, "the step is still running");
+    assert!(!live.out.contains("second-line"));
+    gate.open();
+    let record = env.wait_terminal(id, JOB_TIMEOUT).await;
+    assert_eq!(record.state, JobState::Completed);
+    let done = entry(&record, "step.kubernetes.slow");
+    assert_eq!(done.out.matches("first-line").count(), 1, "no duplicated lines: {}", done.out);
+    assert!(done.out.contains("stdout: second-line"));
+    assert!(done.update_count >= 2, "incremental updates expected: {done:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrency_never_exceeds_the_limit() {
+    let env = Env::start().await;
+    let ids: Vec<i64> = (0..6)
+        .map(|i| env.frontend.enqueue(job(vec![step("work", &[&format!("echo job-{i}"), "sleep 2"])])))
+        .collect();
+    let _executor = env.spawn_executor(&[("EXECUTOR_MAXIMUM_NUM_JOBS", "2")]);
+    let mut records = Vec::new();
+    for id in &ids {
+        records.push(env.wait_terminal(*id, Duration::from_secs(240)).await);
+    }
+    assert!(records.iter().all(|r| r.state == JobState::Completed), "{records:#?}");
+    // Sweep the processing intervals (dequeue → final mark) recorded by the frontend.
+    let mut points: Vec<(jiff::Timestamp, i32)> = Vec::new();
+    for r in &records {
+        points.push((r.started_at.expect("started"), 1));
+        points.push((r.finished_at.expect("finished"), -1));
+    }
+    points.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.cmp(&b.1)));
+    let (mut now, mut max) = (0, 0);
+    for (_, d) in points {
+        now += d;
+        max = max.max(now);
+    }
+    assert_eq!(max, 2, "at most (and, with 6 queued, exactly) 2 jobs ran at once");
+    env.wait_no_objects(Duration::from_secs(30)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn canceling_a_job_mid_step_stops_it_within_a_heartbeat() {
+    let env = Env::start().await;
+    let gate = Gate::new();
+    let pid_file = gate.path("pid");
+    let id = env.frontend.enqueue(job(vec![step(
+        "forever",
+        &[&format!("echo $$ > {}", pid_file.display()), "echo started", &gate.wait_cmd()],
+    )]));
+    let _executor = env.spawn_executor(&[]);
+    env.frontend
+        .wait_for_job("batches", id, JOB_TIMEOUT, |j| {
+            j.log_entries.iter().any(|e| e.out.contains("stdout: started"))
+        })
+        .await
+        .expect("step running");
+    let canceled_at = Instant::now();
+    env.frontend.cancel("batches", id).expect("cancel");
+    let record = env.wait_terminal(id, Duration::from_secs(30)).await;
+    assert!(
+        canceled_at.elapsed() < Duration::from_secs(15),
+        "cancel took {:?}",
+        canceled_at.elapsed()
+    );
+    assert_eq!(record.state, JobState::Failed, "{record:#?}");
+    assert_eq!(record.mark_calls.last().map(|m| m.kind), Some(MarkKind::Failed));
+    env.wait_no_objects(Duration::from_secs(30)).await;
+    let pid = std::fs::read_to_string(&pid_file).expect("pid written");
+    assert!(
+        !std::path::Path::new(&format!("/proc/{}", pid.trim())).exists(),
+        "the step process must be gone"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unschedulable_job_fails_with_the_schedulers_reason_within_the_timeout() {
+    let env = Env::start().await;
+    let id = env.frontend.enqueue(job(vec![step("never", &["echo never"])]));
+    let _executor = env.spawn_executor(&[
+        ("EXECUTOR_KUBERNETES_NODE_SELECTOR", "disktype=nonexistent"),
+        ("KUBERNETES_JOB_PENDING_TIMEOUT", "4s"),
+    ]);
+    let started = Instant::now();
+    let record = env.wait_terminal(id, Duration::from_secs(60)).await;
+    assert_eq!(record.state, JobState::Errored, "{record:#?}");
+    let message = record.error_message.clone().unwrap_or_default();
+    assert!(message.contains("could not be scheduled within 4s"), "{message}");
+    assert!(message.contains("didn't match"), "scheduler reason expected: {message}");
+    assert!(message.starts_with("running command \"setup.workspace\": job sg-executor-job-batches-"), "{message}");
+    assert!(started.elapsed() < Duration::from_secs(45));
+    env.wait_no_objects(Duration::from_secs(30)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_image_fails_with_the_image_and_reason() {
+    let env = Env::start().await;
+    let mut bad = step("pull", &["echo unreachable"]);
+    bad.image = "unpullable.invalid/does-not-exist:1".into();
+    let id = env.frontend.enqueue(job(vec![bad]));
+    let _executor = env.spawn_executor(&[("KUBERNETES_JOB_IMAGE_PULL_TIMEOUT", "3s")]);
+    let record = env.wait_terminal(id, Duration::from_secs(60)).await;
+    assert_eq!(record.state, JobState::Errored, "{record:#?}");
+    let message = record.error_message.clone().unwrap_or_default();
+    assert!(message.contains("unpullable.invalid/does-not-exist:1"), "{message}");
+    assert!(message.contains("could not be pulled"), "{message}");
+    assert!(message.starts_with("running command \"step.kubernetes.pull\""), "{message}");
+    env.wait_no_objects(Duration::from_secs(30)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn executor_killed_mid_job_leaves_nothing_behind_and_the_job_finishes_once() {
+    let env = Env::start_with(
+        Env::nodes(&["node-1"]),
+        FrontendOptions {
+            stalled_after: Duration::from_secs(4),
+            ..FrontendOptions::default()
+        },
+    )
+    .await;
+    let gate = Gate::new();
+    let id = env.frontend.enqueue(job(vec![step(
+        "gated",
+        &["echo attempt", &gate.wait_cmd(), "echo finished"],
+    )]));
+    let mut first = env.spawn_executor(&[]);
+    env.frontend
+        .wait_for_job("batches", id, JOB_TIMEOUT, |j| {
+            j.log_entries.iter().any(|e| e.out.contains("stdout: attempt"))
+        })
+        .await
+        .expect("first attempt running");
+    first.signal(9);
+    first.wait_exit(Duration::from_secs(10)).await;
+    assert_eq!(env.our_objects().await.0, 1, "the killed executor's Job is still there");
+
+    gate.open();
+    let mut second = env.spawn_executor(&[]);
+    let record = env.wait_terminal(id, Duration::from_secs(180)).await;
+    assert_eq!(record.state, JobState::Completed, "{record:#?}\n{}", second.log_text());
+    assert!(record.num_resets >= 1, "the frontend re-queued the abandoned job: {record:#?}");
+    assert_eq!(
+        record.mark_calls.iter().filter(|m| m.kind == MarkKind::Complete).count(),
+        1,
+        "finished exactly once: {:#?}",
+        record.mark_calls
+    );
+    env.wait_no_objects(Duration::from_secs(30)).await;
+    second.signal(15);
+    assert!(second.wait_exit(Duration::from_secs(30)).await.success());
+    assert!(second.log_text().contains("removed Jobs left by an earlier executor process"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_running_jobs_and_dequeues_no_more() {
+    let env = Env::start().await;
+    let gate = Gate::new();
+    let id = env.frontend.enqueue(job(vec![step("gated", &["echo running", &gate.wait_cmd()])]));
+    let mut executor = env.spawn_executor(&[("EXECUTOR_MAXIMUM_NUM_JOBS", "2")]);
+    env.frontend
+        .wait_for_job("batches", id, JOB_TIMEOUT, |j| {
+            j.log_entries.iter().any(|e| e.out.contains("stdout: running"))
+        })
+        .await
+        .expect("job running");
+    executor.signal(15);
+    let later = env.frontend.enqueue(job(vec![step("late", &["echo late"])]));
+    // Heartbeats continue while draining: the job stays processing past the stall limit check.
+    let heartbeats_before = env.frontend.executors()[0].last_seen_at;
+    env.frontend
+        .wait_for_job("batches", id, Duration::from_secs(30), |_| {
+            env.frontend.executors()[0].last_seen_at > heartbeats_before
+        })
+        .await
+        .expect("heartbeats continue during the drain");
+    gate.open();
+    let record = env.wait_terminal(id, JOB_TIMEOUT).await;
+    assert_eq!(record.state, JobState::Completed, "{record:#?}");
+    assert!(executor.wait_exit(Duration::from_secs(60)).await.success());
+    assert_eq!(
+        env.frontend.job("batches", later).map(|j| j.state),
+        Some(JobState::Queued),
+        "no dequeue after SIGTERM"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_grace_period_over_stops_and_requeues_running_jobs() {
+    let env = Env::start().await;
+    let gate = Gate::new();
+    let id = env.frontend.enqueue(job(vec![step("gated", &["echo running", &gate.wait_cmd()])]));
+    let mut executor = env.spawn_executor(&[("EXECUTOR_SHUTDOWN_GRACE_PERIOD", "2s")]);
+    env.frontend
+        .wait_for_job("batches", id, JOB_TIMEOUT, |j| {
+            j.log_entries.iter().any(|e| e.out.contains("stdout: running"))
+        })
+        .await
+        .expect("job running");
+    executor.signal(15);
+    assert!(executor.wait_exit(Duration::from_secs(60)).await.success());
+    let record = env.frontend.job("batches", id).expect("job record");
+    assert_eq!(
+        record.mark_calls.last().map(|m| m.kind),
+        Some(MarkKind::Errored),
+        "{record:#?}"
+    );
+    assert!(
+        record
+            .mark_calls
+            .last()
+            .and_then(|m| m.error_message.clone())
+            .unwrap_or_default()
+            .contains("executor shut down"),
+        "{record:#?}"
+    );
+    env.wait_no_objects(Duration::from_secs(30)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_name_pinning_lands_on_the_named_node_in_both_modes() {
+    let env = Env::start_with(Env::nodes(&["node-1", "node-2", "node-3"]), FrontendOptions::default()).await;
+    let gate = Gate::new();
+    for (mode, node) in [("affinity", "node-2"), ("nodeName", "node-3")] {
+        let id = env.frontend.enqueue(job(vec![step("pinned", &["echo pinned", &gate.wait_cmd()])]));
+        let mut executor = env.spawn_executor(&[
+            ("EXECUTOR_KUBERNETES_NODE_NAME", node),
+            ("EXECUTOR_KUBERNETES_NODE_PINNING", mode),
+            ("EXECUTOR_NUM_TOTAL_JOBS", "1"),
+        ]);
+        env.frontend
+            .wait_for_job("batches", id, JOB_TIMEOUT, |j| {
+                j.log_entries.iter().any(|e| e.out.contains("stdout: pinned"))
+            })
+            .await
+            .expect("pinned job running");
+        let pods = env
+            .pods_api()
+            .list(&ListParams::default().labels(&format!("kube-executor.io/job-id={id}")))
+            .await
+            .expect("list pods");
+        let placed: Vec<Option<String>> = pods
+            .items
+            .iter()
+            .map(|p| p.spec.as_ref().and_then(|s| s.node_name.clone()))
+            .collect();
+        assert_eq!(placed, vec![Some(node.to_string())], "mode {mode}");
+        gate.open();
+        let record = env.wait_terminal(id, JOB_TIMEOUT).await;
+        assert_eq!(record.state, JobState::Completed);
+        assert!(executor.wait_exit(Duration::from_secs(60)).await.success(), "EXECUTOR_NUM_TOTAL_JOBS=1 ends the run");
+        std::fs::remove_file(gate.path("open")).expect("close the gate again");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_steps_fail_at_once_with_the_fix_and_bad_config_exits_naming_variables() {
+    let env = Env::start().await;
+    let mut cli = job(vec![]);
+    cli.cli_steps = vec![dev_frontend::CliStep {
+        key: "batch-exec".into(),
+        command: vec!["batch".into(), "exec".into()],
+        dir: ".".into(),
+        env: vec![],
+    }];
+    let id = env.frontend.enqueue(cli);
+    let _executor = env.spawn_executor(&[]);
+    let record = env.wait_terminal(id, Duration::from_secs(60)).await;
+    assert_eq!(record.state, JobState::Failed);
+    assert!(
+        record.error_message.clone().unwrap_or_default().contains("native"),
+        "{record:#?}"
+    );
+    assert_eq!(env.our_objects().await.0, 0, "no Kubernetes objects for a cli-steps job");
+
+    let mut bad = env.spawn_executor(&[
+        ("EXECUTOR_MAXIMUM_NUM_JOBS", "lots"),
+        ("EXECUTOR_QUEUE_NAMES", "batches"),
+        ("EXECUTOR_FRONTEND_PASSWORD", "a-password-that-must-never-be-printed"),
+    ]);
+    let status = bad.wait_exit(Duration::from_secs(10)).await;
+    assert!(!status.success());
+    let log = bad.log_text();
+    assert!(log.contains("EXECUTOR_MAXIMUM_NUM_JOBS"), "{log}");
+    assert!(log.contains("EXECUTOR_QUEUE_NAME"), "{log}");
+    assert!(!log.contains("a-password-that-must-never-be-printed"), "{log}");
+}

@@ -1,0 +1,304 @@
+//! End-to-end test support: a local control plane, the dev frontend and the real `executor` binary.
+
+#![allow(dead_code)]
+
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    path::PathBuf,
+    process::{ExitStatus, Stdio},
+    time::Duration,
+};
+
+use dev_frontend::{DevFrontend, DockerStep, FrontendOptions, JobRecord, NewJob};
+use k8s_openapi::api::{
+    batch::v1::Job,
+    core::v1::{Pod, Secret},
+};
+use kube::{Api, api::ListParams};
+use test_cluster::{ClusterOptions, NodeSpec, TestCluster};
+
+/// The executor instance ID every test executor uses (its objects carry it as a label).
+pub const INSTANCE: &str = "e2e-executor";
+
+/// A cluster plus a frontend.
+pub struct Env {
+    pub cluster: TestCluster,
+    pub frontend: DevFrontend,
+    executors_started: std::sync::atomic::AtomicUsize,
+}
+
+impl Env {
+    pub async fn start() -> Env {
+        Self::start_with(ClusterOptions::default(), FrontendOptions::default()).await
+    }
+
+    pub async fn start_with(cluster: ClusterOptions, frontend: FrontendOptions) -> Env {
+        let cluster = TestCluster::start(cluster).await.expect("start the local control plane");
+        let frontend = DevFrontend::start(frontend).await.expect("start the dev frontend");
+        Env {
+            cluster,
+            frontend,
+            executors_started: std::sync::atomic::AtomicUsize::new(0),
+        }
+    }
+
+    pub fn nodes(names: &[&str]) -> ClusterOptions {
+        ClusterOptions::with_nodes(names.iter().map(|n| NodeSpec::new(n)).collect())
+    }
+
+    /// The environment of an executor for this cluster and frontend; `extra` overrides.
+    pub fn executor_env(&self, extra: &[(&str, &str)]) -> BTreeMap<String, String> {
+        let mut env: BTreeMap<String, String> = [
+            ("PATH", std::env::var("PATH").unwrap_or_default()),
+            ("HOME", std::env::var("HOME").unwrap_or_else(|_| "/root".into())),
+            ("HOSTNAME", "e2e-host".to_string()),
+            ("RUST_LOG", "kube_executor=debug,info".to_string()),
+            ("EXECUTOR_FRONTEND_URL", self.frontend.url()),
+            (
+                "EXECUTOR_FRONTEND_PASSWORD",
+                self.frontend.access_token().unwrap_or_default().to_string(),
+            ),
+            ("EXECUTOR_QUEUE_NAME", "batches".to_string()),
+            ("EXECUTOR_INSTANCE_ID", INSTANCE.to_string()),
+            (
+                "EXECUTOR_KUBERNETES_CONFIG_PATH",
+                self.cluster.kubeconfig_path().display().to_string(),
+            ),
+            ("EXECUTOR_KUBERNETES_NAMESPACE", "default".to_string()),
+            ("EXECUTOR_KUBERNETES_RESOURCE_REQUEST_MEMORY", "64Mi".to_string()),
+            ("EXECUTOR_KUBERNETES_RESOURCE_LIMIT_MEMORY", "2Gi".to_string()),
+            ("EXECUTOR_QUEUE_POLL_INTERVAL", "200ms".to_string()),
+            ("EXECUTOR_HEALTH_SERVER_ADDR", format!("127.0.0.1:{}", free_port())),
+            ("KUBERNETES_JOB_STEP_IMAGE", "sourcegraph/batcheshelper:6.0.0".to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        for (k, v) in extra {
+            env.insert((*k).to_string(), (*v).to_string());
+        }
+        env
+    }
+
+    /// Starts the real `executor` binary with [`Env::executor_env`].
+    pub fn spawn_executor(&self, extra: &[(&str, &str)]) -> Executor {
+        let n = self
+            .executors_started
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let env = self.executor_env(extra);
+        let log = self.cluster.dir().join(format!("executor-{n}.log"));
+        let file = std::fs::File::create(&log).expect("create executor log file");
+        let health: SocketAddr = env["EXECUTOR_HEALTH_SERVER_ADDR"].parse().expect("health addr");
+        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_executor"))
+            .env_clear()
+            .envs(&env)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(file)
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn the executor binary");
+        Executor { child, log, health }
+    }
+
+    pub fn jobs_api(&self) -> Api<Job> {
+        Api::namespaced(self.cluster.client(), "default")
+    }
+
+    pub fn pods_api(&self) -> Api<Pod> {
+        Api::namespaced(self.cluster.client(), "default")
+    }
+
+    /// Jobs, pods and Secrets carrying the test executor's labels.
+    pub async fn our_objects(&self) -> (usize, usize, usize) {
+        let params = ListParams::default().labels(&format!("kube-executor.io/instance={INSTANCE}"));
+        let jobs = self.jobs_api().list(&params).await.expect("list jobs").items.len();
+        let pods = self
+            .pods_api()
+            .list(&params)
+            .await
+            .expect("list pods")
+            .items
+            .iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_none())
+            .count();
+        let secrets = Api::<Secret>::namespaced(self.cluster.client(), "default")
+            .list(&params)
+            .await
+            .expect("list secrets")
+            .items
+            .len();
+        (jobs, pods, secrets)
+    }
+
+    /// Waits until no Job, live pod or Secret of the test executor remains (the garbage collector
+    /// works asynchronously after a background delete).
+    pub async fn wait_no_objects(&self, timeout: Duration) {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut delay = Duration::from_millis(100);
+        loop {
+            let found = self.our_objects().await;
+            if found == (0, 0, 0) {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "objects left behind after {timeout:?}: (jobs, pods, secrets) = {found:?}"
+            );
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(1));
+        }
+    }
+
+    /// Waits for a job to reach a terminal state and returns it.
+    pub async fn wait_terminal(&self, id: i64, timeout: Duration) -> JobRecord {
+        self.frontend
+            .wait_for_job("batches", id, timeout, |j| j.state.is_terminal())
+            .await
+            .unwrap_or_else(|e| panic!("job {id} did not finish: {e}; record: {:#?}", self.frontend.job("batches", id)))
+    }
+}
+
+/// A running `executor` process; killed when dropped (its log is printed if the test failed).
+pub struct Executor {
+    child: tokio::process::Child,
+    pub log: PathBuf,
+    pub health: SocketAddr,
+}
+
+impl Executor {
+    pub fn pid(&self) -> i32 {
+        self.child.id().map_or(0, |p| p as i32)
+    }
+
+    pub fn signal(&self, signal: i32) {
+        // SAFETY-free: sending a signal through the `kill` command keeps the tests free of unsafe code.
+        let status = std::process::Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.pid().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{signal} failed");
+    }
+
+    pub async fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        tokio::time::timeout(timeout, self.child.wait())
+            .await
+            .unwrap_or_else(|_| panic!("executor did not exit within {timeout:?}; log:\n{}", self.log_text()))
+            .expect("wait for executor")
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Polls the executor's /readyz until it answers 200.
+    pub async fn wait_ready(&self, timeout: Duration) {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if http_status(self.health, "/readyz").await == Some(200) {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "executor not ready within {timeout:?}; log:\n{}",
+                self.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for Executor {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let text = self.log_text();
+            let tail: Vec<&str> = text.lines().rev().take(60).collect();
+            eprintln!("---- executor log tail ({}) ----", self.log.display());
+            for line in tail.iter().rev() {
+                eprintln!("{line}");
+            }
+        }
+        let _ = self.child.start_kill();
+    }
+}
+
+/// GET over plain HTTP/1.0; returns the status code.
+pub async fn http_status(addr: SocketAddr, path: &str) -> Option<u16> {
+    http_get(addr, path).await.map(|(status, _)| status)
+}
+
+/// GET over plain HTTP/1.0; returns status and body.
+pub async fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+    stream
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
+        .await
+        .ok()?;
+    let mut buf = Vec::new();
+    stream.read_to_end(&mut buf).await.ok()?;
+    let text = String::from_utf8_lossy(&buf).to_string();
+    let status = text.split_whitespace().nth(1)?.parse().ok()?;
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    Some((status, body))
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// A docker step running shell `commands`.
+pub fn step(key: &str, commands: &[&str]) -> DockerStep {
+    DockerStep {
+        key: key.to_string(),
+        image: "alpine:3".to_string(),
+        commands: commands.iter().map(|c| c.to_string()).collect(),
+        dir: ".".to_string(),
+        env: vec![],
+    }
+}
+
+pub fn job(steps: Vec<DockerStep>) -> NewJob {
+    NewJob {
+        queue: "batches".to_string(),
+        docker_steps: steps,
+        ..NewJob::default()
+    }
+}
+
+/// A host directory a step can wait on, removed when dropped (steps run as host processes).
+pub struct Gate {
+    dir: PathBuf,
+}
+
+impl Gate {
+    pub fn new() -> Gate {
+        let dir = std::env::temp_dir().join(format!("ke-gate-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).expect("create gate dir");
+        Gate { dir }
+    }
+
+    /// Shell that blocks until the gate is opened.
+    pub fn wait_cmd(&self) -> String {
+        format!("while [ ! -e {}/open ]; do sleep 0.1; done", self.dir.display())
+    }
+
+    pub fn open(&self) {
+        std::fs::write(self.dir.join("open"), b"").expect("open gate");
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+}
+
+impl Drop for Gate {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
