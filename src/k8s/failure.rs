@@ -167,29 +167,21 @@ impl Tracker {
             );
         }
 
-        if let Some(cond) = status
+        let unschedulable = status
             .and_then(|s| s.conditions.as_ref())
             .and_then(|cs| cs.iter().find(|c| c.type_ == "PodScheduled"))
-            && cond.status == "False"
-        {
+            .filter(|c| c.status == "False");
+        if let Some(cond) = unschedulable {
             let message = cond.message.clone().unwrap_or_default();
-            let key = "unschedulable".to_string();
-            match self.timer(&key, now, timeouts.pending, timers) {
-                Some(_) => {}
-                None => {
-                    return infrastructure(
-                        None,
-                        format!(
-                            "the pod could not be scheduled within {}: {}",
-                            human(timeouts.pending),
-                            if message.is_empty() {
-                                cond.reason.clone().unwrap_or_default()
-                            } else {
-                                message
-                            }
-                        ),
-                    );
-                }
+            if self.timer("unschedulable", now, timeouts.pending, timers).is_none() {
+                return infrastructure(
+                    None,
+                    format!(
+                        "the pod could not be scheduled within {}: {}",
+                        human(timeouts.pending),
+                        if message.is_empty() { cond.reason.clone().unwrap_or_default() } else { message }
+                    ),
+                );
             }
         }
 
@@ -233,15 +225,26 @@ impl Tracker {
             }
         }
 
-        // Pending long after scheduling without a stuck reason (e.g. a node that never starts it).
-        if phase == "Pending" {
-            let key = "pending".to_string();
-            if self.timer(&key, now, timeouts.pending, timers).is_none() {
-                return infrastructure(
-                    None,
-                    format!("the pod stayed Pending for more than {}", human(timeouts.pending)),
-                );
-            }
+        // NB: a pod running its init containers (the job's steps) is also in phase Pending, so
+        // this timer only runs while no container has started yet and the scheduler has not
+        // already explained the wait (a node that never starts the pod, a stuck volume...).
+        let any_started = container_statuses(pod).any(|cs| {
+            cs.state
+                .as_ref()
+                .is_some_and(|s| s.running.is_some() || s.terminated.is_some())
+        });
+        if phase == "Pending"
+            && unschedulable.is_none()
+            && !any_started
+            && self.timer("pending", now, timeouts.pending, timers).is_none()
+        {
+            return infrastructure(
+                None,
+                format!(
+                    "the pod stayed Pending without starting a container for more than {}",
+                    human(timeouts.pending)
+                ),
+            );
         }
         Verdict::Waiting { recheck_in: None }
     }
@@ -427,7 +430,7 @@ pub fn job_finished(job: &Job) -> bool {
 
 fn human(d: Duration) -> String {
     let s = d.as_secs();
-    if s >= 60 && s % 60 == 0 {
+    if s >= 60 && s.is_multiple_of(60) {
         format!("{}m", s / 60)
     } else {
         format!("{s}s")
@@ -587,6 +590,34 @@ mod tests {
             };
             assert!(f.reason.contains(needle), "{reason}: {}", f.reason);
         }
+    }
+
+    #[test]
+    fn long_running_init_steps_never_hit_the_pending_timeout() {
+        let start = Instant::now();
+        let mut t = Tracker::new(start);
+        let p = pod(serde_json::json!({"metadata":{"uid":"a"},"status":{"phase":"Pending","conditions":[
+            {"type":"PodScheduled","status":"True"}],
+            "initContainerStatuses":[{"name":"step-kubernetes-0","image":"i","imageID":"","ready":false,
+              "restartCount":0,"state":{"running":{"startedAt":"2026-01-01T00:00:00Z"}}}]}}));
+        let much_later = start + T.pending * 3;
+        assert_eq!(
+            t.evaluate(much_later, &T, Some(&job()), Some(&p)),
+            Verdict::Waiting { recheck_in: None }
+        );
+    }
+
+    #[test]
+    fn pending_pod_that_never_starts_fails_after_the_pending_timeout() {
+        let start = Instant::now();
+        let mut t = Tracker::new(start);
+        let p = pod(serde_json::json!({"metadata":{"uid":"a"},"status":{"phase":"Pending","conditions":[
+            {"type":"PodScheduled","status":"True"}]}}));
+        assert!(matches!(t.evaluate(start, &T, Some(&job()), Some(&p)), Verdict::Waiting { .. }));
+        let Verdict::Failed(f) = t.evaluate(start + T.pending, &T, Some(&job()), Some(&p)) else {
+            panic!("expected failure");
+        };
+        assert!(f.reason.contains("without starting a container"), "{}", f.reason);
     }
 
     #[test]

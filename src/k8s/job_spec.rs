@@ -729,7 +729,8 @@ mod tests {
             keep_jobs: false,
             run_as_user: None,
             run_as_group: None,
-            fs_group: None,
+            // KUBERNETES_FS_GROUP's default.
+            fs_group: Some(1000),
             job_annotations: BTreeMap::new(),
             pod_annotations: BTreeMap::new(),
             image_pull_secrets: Vec::new(),
@@ -1153,12 +1154,24 @@ mod tests {
 
     #[test]
     fn run_as_user_group_and_fs_group_are_applied() {
-        let objects = build(&batches_job(), &[], &test_config()).expect("buildable");
+        let mut cfg = test_config();
+        cfg.fs_group = None;
+        let objects = build(&batches_job(), &[], &cfg).expect("buildable");
         assert!(
             pod_spec(&objects).security_context.is_none(),
             "nothing configured, nothing set"
         );
-        let mut cfg = test_config();
+        cfg.fs_group = Some(1000);
+        let objects = build(&batches_job(), &[], &cfg).expect("buildable");
+        let context = pod_spec(&objects)
+            .security_context
+            .as_ref()
+            .expect("security context");
+        assert_eq!(
+            (context.run_as_user, context.fs_group),
+            (None, Some(1000)),
+            "fsGroup alone"
+        );
         cfg.run_as_user = Some(1001);
         cfg.run_as_group = Some(1002);
         cfg.fs_group = Some(1000);

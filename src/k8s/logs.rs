@@ -157,7 +157,7 @@ pub async fn follow(
             Err(error) => {
                 // 400 "waiting to start" while the watch lags, or a transient API/node error.
                 failures += 1;
-                if failures % 10 == 0 {
+                if failures.is_multiple_of(10) {
                     warn!(container, %error, failures, "cannot open the container log; retrying");
                 } else {
                     debug!(container, %error, "cannot open the container log; retrying");

@@ -102,7 +102,7 @@ pub enum QueueError {
         #[source]
         source: reqwest::Error,
     },
-    #[error("{op}: the frontend answered HTTP {status}: {body}")]
+    #[error("{op}: the frontend answered HTTP {status}{}", body_suffix(body))]
     Status {
         op: &'static str,
         status: u16,
@@ -146,7 +146,7 @@ impl QueueError {
     pub fn is_transient(&self) -> bool {
         match self {
             Self::Connect { .. } | Self::Timeout { .. } | Self::Transport { .. } => true,
-            Self::Status { status, .. } => matches!(status, 408 | 429 | 500..=502),
+            Self::Status { status, .. } => matches!(status, 408 | 429 | 500..=599),
             Self::Decode { .. }
             | Self::Encode { .. }
             | Self::InvalidUrl { .. }
@@ -206,6 +206,14 @@ impl QueueError {
         } else {
             Self::Transport { op, source }
         }
+    }
+}
+
+fn body_suffix(body: &str) -> String {
+    if body.is_empty() {
+        " with an empty body".to_owned()
+    } else {
+        format!(": {body}")
     }
 }
 
@@ -917,6 +925,10 @@ mod tests {
         assert!(!decode.is_transient());
         assert_eq!(decode.status(), None);
         assert_eq!(status(503).status(), Some(503));
+        assert_eq!(
+            status(401).to_string(),
+            "test: the frontend answered HTTP 401 with an empty body"
+        );
     }
 
     #[test]

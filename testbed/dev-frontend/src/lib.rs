@@ -92,7 +92,9 @@ pub enum Error {
 pub struct FrontendOptions {
     /// `executors.accessToken`; `None` makes the queue routes answer 500 ("not configured").
     pub access_token: Option<String>,
-    /// A processing job not heartbeated for this long is re-queued by the resetter.
+    /// A processing job that its executor has not listed in a heartbeat for this long (counted from
+    /// the dequeue until the first such heartbeat) is re-queued by the resetter, as the real
+    /// frontend tracks `last_heartbeat_at` per job.
     pub stalled_after: Duration,
     /// How many `markErrored` calls a job may receive before it stays errored; with the default
     /// of 1 errored jobs are never retried.
@@ -214,10 +216,12 @@ impl DevFrontend {
         self.shared.write(|store| store.enqueue(job))
     }
 
+    /// The record of one job, `None` if no such job was enqueued.
     pub fn job(&self, queue: &str, id: i64) -> Option<JobRecord> {
         self.shared.read(|store| store.job(queue, id))
     }
 
+    /// All job records, ordered by queue and id.
     pub fn jobs(&self) -> Vec<JobRecord> {
         self.shared.read(|store| store.jobs())
     }

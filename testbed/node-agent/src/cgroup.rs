@@ -182,7 +182,7 @@ fn remove_stale(root: &Path) {
         let Some(pid) = name.strip_prefix(AGENT_PREFIX) else {
             continue;
         };
-        if Path::new("/proc").join(pid).exists() {
+        if agent_alive(pid) {
             continue;
         }
         if let Ok(children) = std::fs::read_dir(entry.path()) {
@@ -192,4 +192,21 @@ fn remove_stale(root: &Path) {
         }
         let _ = remove_cgroup_dir(&entry.path());
     }
+}
+
+/// Whether `pid` is a live node-agent process. NB: /proc/<n> also resolves thread ids, and pids are
+/// reused, so check the thread-group id and the command name.
+fn agent_alive(pid: &str) -> bool {
+    let Ok(status) = std::fs::read_to_string(Path::new("/proc").join(pid).join("status")) else {
+        return false;
+    };
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix(name))
+            .map(str::trim)
+            .unwrap_or_default()
+            .to_string()
+    };
+    field("Tgid:") == pid && field("Name:").starts_with("node-agent")
 }

@@ -251,6 +251,54 @@ async fn fail_pod(agent: &Agent, pod: &Pod, reason: &str, message: &str) {
     if pod.status.as_ref().and_then(|s| s.start_time.as_ref()).is_none() {
         status["startTime"] = json!(Timestamp::now().to_string());
     }
+    // Containers an earlier agent reported as running or waiting are gone: report them terminated.
+    let now = Timestamp::now().to_string();
+    for field in ["initContainerStatuses", "containerStatuses"] {
+        let existing = pod
+            .status
+            .as_ref()
+            .and_then(|s| serde_json::to_value(s).ok())
+            .and_then(|v| v.get(field).cloned());
+        if let Some(serde_json::Value::Array(mut statuses)) = existing {
+            for container in &mut statuses {
+                if container.pointer("/state/terminated").is_none() {
+                    let started = container
+                        .pointer("/state/running/startedAt")
+                        .cloned()
+                        .unwrap_or(json!(now));
+                    container["state"] = json!({"terminated": {
+                        "exitCode": 137, "reason": reason, "message": message,
+                        "startedAt": started, "finishedAt": now,
+                    }});
+                    container["ready"] = json!(false);
+                    container["started"] = json!(false);
+                }
+            }
+            status[field] = serde_json::Value::Array(statuses);
+        }
+    }
+    if let Some(serde_json::Value::Array(conditions)) = pod
+        .status
+        .as_ref()
+        .and_then(|s| serde_json::to_value(s).ok())
+        .and_then(|v| v.get("conditions").cloned())
+    {
+        let conditions: Vec<_> = conditions
+            .into_iter()
+            .map(|mut c| {
+                if matches!(
+                    c.get("type").and_then(|t| t.as_str()),
+                    Some("Ready" | "ContainersReady")
+                ) {
+                    c["status"] = json!("False");
+                    c["reason"] = json!(reason);
+                    c["lastTransitionTime"] = json!(now);
+                }
+                c
+            })
+            .collect();
+        status["conditions"] = serde_json::Value::Array(conditions);
+    }
     if let Err(error) = pod_api(agent, pod)
         .patch_status(
             &name,

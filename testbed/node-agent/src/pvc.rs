@@ -113,11 +113,11 @@ pub async fn provision(client: Client, state_dir: PathBuf, cancel: CancellationT
         let Some(volume) = volume_for_claim(&claim, &state_dir) else {
             continue;
         };
-        if let Some(path) = volume.spec.as_ref().and_then(|s| s.host_path.as_ref()) {
-            if let Err(error) = std::fs::create_dir_all(&path.path) {
-                tracing::warn!(%error, path = %path.path, "cannot create claim directory");
-                continue;
-            }
+        if let Some(path) = volume.spec.as_ref().and_then(|s| s.host_path.as_ref())
+            && let Err(error) = std::fs::create_dir_all(&path.path)
+        {
+            tracing::warn!(%error, path = %path.path, "cannot create claim directory");
+            continue;
         }
         match volumes.create(&PostParams::default(), &volume).await {
             Ok(created) => {

@@ -48,6 +48,9 @@ pub enum VolumeError {
     UnknownVolume(String),
 }
 
+/// A file to write into a volume: relative path, contents, optional mode.
+type VolumeFile = (String, Vec<u8>, Option<i32>);
+
 /// Directory holding the per-claim directories of provisioned PVs.
 pub fn claims_dir(state_dir: &Path) -> PathBuf {
     state_dir.join("pvc")
@@ -104,7 +107,7 @@ async fn prepare_one(
         return claim_path(client, namespace, &claim.claim_name, state_dir, &name).await;
     }
     std::fs::create_dir_all(dir).map_err(|e| write_error(dir, e))?;
-    let mut files: Vec<(String, Vec<u8>, Option<i32>)> = Vec::new();
+    let mut files: Vec<VolumeFile> = Vec::new();
     let default_mode;
     if let Some(secret) = &volume.secret {
         default_mode = secret.default_mode;
@@ -236,7 +239,7 @@ fn select_items(
     object: &str,
     data: &BTreeMap<String, Vec<u8>>,
     items: Option<&[KeyToPath]>,
-) -> Result<Vec<(String, Vec<u8>, Option<i32>)>, VolumeError> {
+) -> Result<Vec<VolumeFile>, VolumeError> {
     match items {
         None => Ok(data
             .iter()
