@@ -318,7 +318,7 @@ async fn supervise(
     let deadline = tokio::time::Instant::now() + cfg.maximum_runtime_per_job;
     let mut changes = deps.view.subscribe();
     let mut tracker = Tracker::new(created_at);
-    let mut followers: JoinSet<()> = JoinSet::new();
+    let mut followers: JoinSet<Option<(String, String)>> = JoinSet::new();
     let mut following: HashSet<String> = HashSet::new();
     let mut restarts: HashMap<String, i32> = HashMap::new();
     let stop_followers = CancellationToken::new();
@@ -389,15 +389,36 @@ async fn supervise(
     } else {
         Duration::from_secs(5)
     };
-    if tokio::time::timeout(drain, async { while followers.join_next().await.is_some() {} })
-        .await
-        .is_err()
-    {
+    let mut problems: Vec<(String, String)> = Vec::new();
+    let collect = async {
+        while let Some(done) = followers.join_next().await {
+            if let Ok(Some(problem)) = done {
+                problems.push(problem);
+            }
+        }
+    };
+    if tokio::time::timeout(drain, collect).await.is_err() {
         warn!("log followers did not finish in time; closing their entries");
         stop_followers.cancel();
-        while followers.join_next().await.is_some() {}
+        while let Some(done) = followers.join_next().await {
+            if let Ok(Some(problem)) = done {
+                problems.push(problem);
+            }
+        }
     }
-    outcome
+    // A job whose output could not be read did not really succeed: batch changes read their
+    // results from the logs, so report it rather than complete it with missing output.
+    match (outcome, problems.into_iter().next()) {
+        (Outcome::Succeeded, Some((container, reason))) => Outcome::Failed {
+            key: entry_for(&objects.steps, &container).0,
+            failure: Failure {
+                container: Some(container),
+                reason,
+                kind: FailureKind::Infrastructure,
+            },
+        },
+        (outcome, _) => outcome,
+    }
 }
 
 /// Streams one container's log into its execution log entry and closes it with the exit code.
@@ -413,7 +434,7 @@ async fn follow_container(
     start_time: Timestamp,
     job_name: String,
     stop: CancellationToken,
-) {
+) -> Option<(String, String)> {
     let mut writer = match LogEntryWriter::open(
         deps.queue.clone(),
         handle,
@@ -429,7 +450,7 @@ async fn follow_container(
         Ok(writer) => writer,
         Err(error) => {
             error!(%key, %error, "could not create the execution log entry");
-            return;
+            return None;
         }
     };
     debug!(%key, %container, "following container log");
@@ -439,6 +460,7 @@ async fn follow_container(
         container: container.clone(),
     };
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let notices = tx.clone();
     let follow = {
         let pods = deps.pods.clone();
         let changes = deps.view.subscribe();
@@ -451,13 +473,23 @@ async fn follow_container(
                 let _ = tx.send(line.to_string());
             })
             .await;
-            if let Err(error) = result {
-                debug!(%container, %error, "log follow ended early");
+            match result {
+                Ok(()) => None,
+                Err(error @ logs::FollowError::Forbidden(_)) => {
+                    error!(%container, %error, "cannot stream the container log; check the executor's Role");
+                    let _ = notices.send(format!("[kube-executor] {error}"));
+                    Some((container, format!("could not read the container log: {error}")))
+                }
+                Err(error) => {
+                    debug!(%container, %error, "log follow ended early");
+                    None
+                }
             }
         }
     };
     let mut follow = std::pin::pin!(follow);
     let mut follow_done = false;
+    let mut problem = None;
     loop {
         let wait = writer.next_flush_in().unwrap_or(Duration::from_secs(3600));
         tokio::select! {
@@ -465,7 +497,10 @@ async fn follow_container(
                 Some(line) => writer.push_line(&line),
                 None => break,
             },
-            _ = &mut follow, if !follow_done => follow_done = true,
+            result = &mut follow, if !follow_done => {
+                follow_done = true;
+                problem = result;
+            }
             _ = tokio::time::sleep(wait) => writer.flush_if_due().await,
         }
     }
@@ -473,6 +508,7 @@ async fn follow_container(
     if let Err(error) = writer.finish(exit_code).await {
         error!(%key, %error, "could not send the final log entry update");
     }
+    problem
 }
 
 struct Probe {

@@ -50,6 +50,8 @@ pub enum RunError {
     },
     #[error("stopped by a signal before the frontend answered")]
     InterruptedAtStartup,
+    #[error("the executor's Role does not allow looking for leftovers of an earlier process: {0}")]
+    Forbidden(String),
 }
 
 /// Builds the Kubernetes client: EXECUTOR_KUBERNETES_CONFIG_PATH, else `$KUBECONFIG` /
@@ -157,6 +159,9 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), RunError> {
                 }
                 info!(deleted = n, "removed Jobs left by an earlier executor process");
             }
+            Err(error) if k8s::objects::is_forbidden(&error) => {
+                return Err(RunError::Forbidden(error.to_string()));
+            }
             Err(error) => warn!(%error, "could not look for Jobs left by an earlier executor process"),
         }
         background.spawn(runner::heartbeat_loop(
@@ -188,13 +193,19 @@ async fn track_cluster_jobs(view: ClusterView, slots: Arc<Slots>, stop: Cancella
     let mut changes = view.subscribe();
     loop {
         changes.borrow_and_update();
-        let unfinished: HashSet<String> = view
-            .jobs()
-            .iter()
-            .filter(|job| !k8s::failure::job_finished(job))
-            .map(|job| job.name_any())
-            .collect();
-        slots.set_cluster_jobs(unfinished);
+        if view.is_synced() {
+            let unfinished: HashSet<String> = view
+                .jobs()
+                .iter()
+                .filter(|job| !k8s::failure::job_finished(job))
+                .map(|job| job.name_any())
+                .collect();
+            slots.set_cluster_jobs(unfinished);
+        } else {
+            // A watch is broken (e.g. forbidden, or the API server is away): dequeue nothing
+            // until both have re-listed.
+            slots.suspend();
+        }
         tokio::select! {
             _ = stop.cancelled() => return,
             changed = changes.changed() => if changed.is_err() { return },

@@ -89,6 +89,12 @@ impl Slots {
         }
     }
 
+    /// Forgets the cluster's Jobs until the next [`Slots::set_cluster_jobs`]: while the Job watch
+    /// is broken its counts may be stale, so no slot is handed out.
+    pub fn suspend(&self) {
+        self.lock().cluster = None;
+    }
+
     /// Replaces the set of this executor's unfinished Jobs seen in the cluster.
     pub fn set_cluster_jobs(&self, unfinished: HashSet<String>) {
         self.lock().cluster = Some(unfinished);

@@ -44,7 +44,9 @@ fn render_table() -> String {
 #[test]
 fn readme_variable_table_matches_the_catalogue() {
     let readme = repo_file("README.md");
-    let (before, rest) = readme.split_once(START).expect("README has the variables start marker");
+    let (before, rest) = readme
+        .split_once(START)
+        .expect("README has the variables start marker");
     let (current, after) = rest.split_once(END).expect("README has the variables end marker");
     let expected = format!("\n{}", render_table());
     if std::env::var_os("UPDATE_README").is_some() {
@@ -67,7 +69,11 @@ fn example_env_file_lists_every_variable_with_its_default() {
         let Some((name, value)) = assignment.split_once('=') else {
             continue;
         };
-        if name.is_empty() || !name.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_') {
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+        {
             continue;
         }
         let var = VARIABLES
@@ -75,9 +81,15 @@ fn example_env_file_lists_every_variable_with_its_default() {
             .find(|v| v.name == name)
             .unwrap_or_else(|| panic!("config/executor.env sets {name}, which the executor does not read"));
         if !line.starts_with('#') {
-            assert_eq!(value, var.default, "config/executor.env: {name} differs from its default");
+            assert_eq!(
+                value, var.default,
+                "config/executor.env: {name} differs from its default"
+            );
         }
-        assert!(names.insert(name.to_string()), "config/executor.env lists {name} twice");
+        assert!(
+            names.insert(name.to_string()),
+            "config/executor.env lists {name} twice"
+        );
     }
     let expected: BTreeSet<String> = VARIABLES
         .iter()

@@ -23,24 +23,43 @@ async fn multi_step_job_clones_through_the_git_route_and_shares_the_workspace() 
     let env = Env::start().await;
     let commit = env
         .frontend
-        .create_repo("github.com/acme/widgets", &[("README.md", "hello from the repository\n")])
+        .create_repo(
+            "github.com/acme/widgets",
+            &[("README.md", "hello from the repository\n")],
+        )
         .await
         .expect("create repository");
     let mut new_job = job(vec![
-        step("build", &["echo built-by-step-one > ../artifact.txt", "echo \"secret is s3cr3t-value\""]),
-        step("check", &["cat README.md ../artifact.txt", "git log --format=%H -1"]),
+        step(
+            "build",
+            &[
+                "echo built-by-step-one > ../artifact.txt",
+                "echo \"secret is s3cr3t-value\"",
+            ],
+        ),
+        step(
+            "check",
+            &["cat README.md ../artifact.txt", "git log --format=%H -1"],
+        ),
     ]);
     new_job.repository_name = "github.com/acme/widgets".into();
     new_job.repository_directory = "repository".into();
     new_job.commit = commit.clone();
     new_job.docker_steps[0].dir = "repository".into();
     new_job.docker_steps[1].dir = "repository".into();
-    new_job.redacted_values.insert("s3cr3t-value".into(), "${{ secrets.TOKEN }}".into());
+    new_job
+        .redacted_values
+        .insert("s3cr3t-value".into(), "${{ secrets.TOKEN }}".into());
     let id = env.frontend.enqueue(new_job);
 
     let mut executor = env.spawn_executor(&[]);
     let record = env.wait_terminal(id, JOB_TIMEOUT).await;
-    assert_eq!(record.state, JobState::Completed, "{record:#?}\n{}", executor.log_text());
+    assert_eq!(
+        record.state,
+        JobState::Completed,
+        "{record:#?}\n{}",
+        executor.log_text()
+    );
 
     let keys: Vec<&str> = record.log_entries.iter().map(|e| e.key.as_str()).collect();
     assert_eq!(
@@ -59,12 +78,20 @@ async fn multi_step_job_clones_through_the_git_route_and_shares_the_workspace() 
         assert!(e.out.lines().all(|l| l.starts_with("stdout: ")), "{e:#?}");
     }
     let check = entry(&record, "step.kubernetes.check");
-    assert!(check.out.contains("stdout: hello from the repository"), "{}", check.out);
+    assert!(
+        check.out.contains("stdout: hello from the repository"),
+        "{}",
+        check.out
+    );
     assert!(check.out.contains("stdout: built-by-step-one"), "{}", check.out);
     assert!(check.out.contains(&format!("stdout: {commit}")), "{}", check.out);
     let build = entry(&record, "step.kubernetes.build");
     assert!(build.out.contains("${{ secrets.TOKEN }}"), "{}", build.out);
-    assert!(!build.out.contains("s3cr3t-value"), "redacted value leaked: {}", build.out);
+    assert!(
+        !build.out.contains("s3cr3t-value"),
+        "redacted value leaked: {}",
+        build.out
+    );
     assert_eq!(
         record.mark_calls.iter().map(|m| m.kind).collect::<Vec<_>>(),
         [MarkKind::Complete]
@@ -75,7 +102,11 @@ async fn multi_step_job_clones_through_the_git_route_and_shares_the_workspace() 
     assert!(executor.wait_exit(Duration::from_secs(30)).await.success());
     let executors = env.frontend.executors();
     assert_eq!(executors.len(), 1);
-    assert!(executors[0].hostname.starts_with("e2e-host-"), "{:?}", executors[0].hostname);
+    assert!(
+        executors[0].hostname.starts_with("e2e-host-"),
+        "{:?}",
+        executors[0].hostname
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -117,14 +148,20 @@ async fn logs_arrive_while_a_step_still_runs() {
 async fn concurrency_never_exceeds_the_limit() {
     let env = Env::start().await;
     let ids: Vec<i64> = (0..6)
-        .map(|i| env.frontend.enqueue(job(vec![step("work", &[&format!("echo job-{i}"), "sleep 2"])])))
+        .map(|i| {
+            env.frontend
+                .enqueue(job(vec![step("work", &[&format!("echo job-{i}"), "sleep 2"])]))
+        })
         .collect();
     let _executor = env.spawn_executor(&[("EXECUTOR_MAXIMUM_NUM_JOBS", "2")]);
     let mut records = Vec::new();
     for id in &ids {
         records.push(env.wait_terminal(*id, Duration::from_secs(240)).await);
     }
-    assert!(records.iter().all(|r| r.state == JobState::Completed), "{records:#?}");
+    assert!(
+        records.iter().all(|r| r.state == JobState::Completed),
+        "{records:#?}"
+    );
     // Sweep the processing intervals (dequeue → final mark) recorded by the frontend.
     let mut points: Vec<(jiff::Timestamp, i32)> = Vec::new();
     for r in &records {
@@ -148,7 +185,11 @@ async fn canceling_a_job_mid_step_stops_it_within_a_heartbeat() {
     let pid_file = gate.path("pid");
     let id = env.frontend.enqueue(job(vec![step(
         "forever",
-        &[&format!("echo $$ > {}", pid_file.display()), "echo started", &gate.wait_cmd()],
+        &[
+            &format!("echo $$ > {}", pid_file.display()),
+            "echo started",
+            &gate.wait_cmd(),
+        ],
     )]));
     let _executor = env.spawn_executor(&[]);
     env.frontend
@@ -188,8 +229,14 @@ async fn unschedulable_job_fails_with_the_schedulers_reason_within_the_timeout()
     assert_eq!(record.state, JobState::Errored, "{record:#?}");
     let message = record.error_message.clone().unwrap_or_default();
     assert!(message.contains("could not be scheduled within 4s"), "{message}");
-    assert!(message.contains("didn't match"), "scheduler reason expected: {message}");
-    assert!(message.starts_with("running command \"setup.workspace\": job sg-executor-job-batches-"), "{message}");
+    assert!(
+        message.contains("didn't match"),
+        "scheduler reason expected: {message}"
+    );
+    assert!(
+        message.starts_with("running command \"setup.workspace\": job sg-executor-job-batches-"),
+        "{message}"
+    );
     assert!(started.elapsed() < Duration::from_secs(45));
     env.wait_no_objects(Duration::from_secs(30)).await;
 }
@@ -204,9 +251,15 @@ async fn bad_image_fails_with_the_image_and_reason() {
     let record = env.wait_terminal(id, Duration::from_secs(60)).await;
     assert_eq!(record.state, JobState::Errored, "{record:#?}");
     let message = record.error_message.clone().unwrap_or_default();
-    assert!(message.contains("unpullable.invalid/does-not-exist:1"), "{message}");
+    assert!(
+        message.contains("unpullable.invalid/does-not-exist:1"),
+        "{message}"
+    );
     assert!(message.contains("could not be pulled"), "{message}");
-    assert!(message.starts_with("running command \"step.kubernetes.pull\""), "{message}");
+    assert!(
+        message.starts_with("running command \"step.kubernetes.pull\""),
+        "{message}"
+    );
     env.wait_no_objects(Duration::from_secs(30)).await;
 }
 
@@ -234,15 +287,31 @@ async fn executor_killed_mid_job_leaves_nothing_behind_and_the_job_finishes_once
         .expect("first attempt running");
     first.signal(9);
     first.wait_exit(Duration::from_secs(10)).await;
-    assert_eq!(env.our_objects().await.0, 1, "the killed executor's Job is still there");
+    assert_eq!(
+        env.our_objects().await.0,
+        1,
+        "the killed executor's Job is still there"
+    );
 
     gate.open();
     let mut second = env.spawn_executor(&[]);
     let record = env.wait_terminal(id, Duration::from_secs(180)).await;
-    assert_eq!(record.state, JobState::Completed, "{record:#?}\n{}", second.log_text());
-    assert!(record.num_resets >= 1, "the frontend re-queued the abandoned job: {record:#?}");
     assert_eq!(
-        record.mark_calls.iter().filter(|m| m.kind == MarkKind::Complete).count(),
+        record.state,
+        JobState::Completed,
+        "{record:#?}\n{}",
+        second.log_text()
+    );
+    assert!(
+        record.num_resets >= 1,
+        "the frontend re-queued the abandoned job: {record:#?}"
+    );
+    assert_eq!(
+        record
+            .mark_calls
+            .iter()
+            .filter(|m| m.kind == MarkKind::Complete)
+            .count(),
         1,
         "finished exactly once: {:#?}",
         record.mark_calls
@@ -250,14 +319,20 @@ async fn executor_killed_mid_job_leaves_nothing_behind_and_the_job_finishes_once
     env.wait_no_objects(Duration::from_secs(30)).await;
     second.signal(15);
     assert!(second.wait_exit(Duration::from_secs(30)).await.success());
-    assert!(second.log_text().contains("removed Jobs left by an earlier executor process"));
+    assert!(
+        second
+            .log_text()
+            .contains("removed Jobs left by an earlier executor process")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_running_jobs_and_dequeues_no_more() {
     let env = Env::start().await;
     let gate = Gate::new();
-    let id = env.frontend.enqueue(job(vec![step("gated", &["echo running", &gate.wait_cmd()])]));
+    let id = env
+        .frontend
+        .enqueue(job(vec![step("gated", &["echo running", &gate.wait_cmd()])]));
     let mut executor = env.spawn_executor(&[("EXECUTOR_MAXIMUM_NUM_JOBS", "2")]);
     env.frontend
         .wait_for_job("batches", id, JOB_TIMEOUT, |j| {
@@ -290,7 +365,9 @@ async fn sigterm_drains_running_jobs_and_dequeues_no_more() {
 async fn shutdown_grace_period_over_stops_and_requeues_running_jobs() {
     let env = Env::start().await;
     let gate = Gate::new();
-    let id = env.frontend.enqueue(job(vec![step("gated", &["echo running", &gate.wait_cmd()])]));
+    let id = env
+        .frontend
+        .enqueue(job(vec![step("gated", &["echo running", &gate.wait_cmd()])]));
     let mut executor = env.spawn_executor(&[("EXECUTOR_SHUTDOWN_GRACE_PERIOD", "2s")]);
     env.frontend
         .wait_for_job("batches", id, JOB_TIMEOUT, |j| {
@@ -320,10 +397,16 @@ async fn shutdown_grace_period_over_stops_and_requeues_running_jobs() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn node_name_pinning_lands_on_the_named_node_in_both_modes() {
-    let env = Env::start_with(Env::nodes(&["node-1", "node-2", "node-3"]), FrontendOptions::default()).await;
+    let env = Env::start_with(
+        Env::nodes(&["node-1", "node-2", "node-3"]),
+        FrontendOptions::default(),
+    )
+    .await;
     let gate = Gate::new();
     for (mode, node) in [("affinity", "node-2"), ("nodeName", "node-3")] {
-        let id = env.frontend.enqueue(job(vec![step("pinned", &["echo pinned", &gate.wait_cmd()])]));
+        let id = env
+            .frontend
+            .enqueue(job(vec![step("pinned", &["echo pinned", &gate.wait_cmd()])]));
         let mut executor = env.spawn_executor(&[
             ("EXECUTOR_KUBERNETES_NODE_NAME", node),
             ("EXECUTOR_KUBERNETES_NODE_PINNING", mode),
@@ -349,7 +432,10 @@ async fn node_name_pinning_lands_on_the_named_node_in_both_modes() {
         gate.open();
         let record = env.wait_terminal(id, JOB_TIMEOUT).await;
         assert_eq!(record.state, JobState::Completed);
-        assert!(executor.wait_exit(Duration::from_secs(60)).await.success(), "EXECUTOR_NUM_TOTAL_JOBS=1 ends the run");
+        assert!(
+            executor.wait_exit(Duration::from_secs(60)).await.success(),
+            "EXECUTOR_NUM_TOTAL_JOBS=1 ends the run"
+        );
         std::fs::remove_file(gate.path("open")).expect("close the gate again");
     }
 }
@@ -369,15 +455,26 @@ async fn cli_steps_fail_at_once_with_the_fix_and_bad_config_exits_naming_variabl
     let record = env.wait_terminal(id, Duration::from_secs(60)).await;
     assert_eq!(record.state, JobState::Failed);
     assert!(
-        record.error_message.clone().unwrap_or_default().contains("native"),
+        record
+            .error_message
+            .clone()
+            .unwrap_or_default()
+            .contains("native"),
         "{record:#?}"
     );
-    assert_eq!(env.our_objects().await.0, 0, "no Kubernetes objects for a cli-steps job");
+    assert_eq!(
+        env.our_objects().await.0,
+        0,
+        "no Kubernetes objects for a cli-steps job"
+    );
 
     let mut bad = env.spawn_executor(&[
         ("EXECUTOR_MAXIMUM_NUM_JOBS", "lots"),
         ("EXECUTOR_QUEUE_NAMES", "batches"),
-        ("EXECUTOR_FRONTEND_PASSWORD", "a-password-that-must-never-be-printed"),
+        (
+            "EXECUTOR_FRONTEND_PASSWORD",
+            "a-password-that-must-never-be-printed",
+        ),
     ]);
     let status = bad.wait_exit(Duration::from_secs(10)).await;
     assert!(!status.success());

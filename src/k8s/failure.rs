@@ -173,13 +173,20 @@ impl Tracker {
             .filter(|c| c.status == "False");
         if let Some(cond) = unschedulable {
             let message = cond.message.clone().unwrap_or_default();
-            if self.timer("unschedulable", now, timeouts.pending, timers).is_none() {
+            if self
+                .timer("unschedulable", now, timeouts.pending, timers)
+                .is_none()
+            {
                 return infrastructure(
                     None,
                     format!(
                         "the pod could not be scheduled within {}: {}",
                         human(timeouts.pending),
-                        if message.is_empty() { cond.reason.clone().unwrap_or_default() } else { message }
+                        if message.is_empty() {
+                            cond.reason.clone().unwrap_or_default()
+                        } else {
+                            message
+                        }
                     ),
                 );
             }
@@ -596,10 +603,12 @@ mod tests {
     fn long_running_init_steps_never_hit_the_pending_timeout() {
         let start = Instant::now();
         let mut t = Tracker::new(start);
-        let p = pod(serde_json::json!({"metadata":{"uid":"a"},"status":{"phase":"Pending","conditions":[
+        let p = pod(
+            serde_json::json!({"metadata":{"uid":"a"},"status":{"phase":"Pending","conditions":[
             {"type":"PodScheduled","status":"True"}],
             "initContainerStatuses":[{"name":"step-kubernetes-0","image":"i","imageID":"","ready":false,
-              "restartCount":0,"state":{"running":{"startedAt":"2026-01-01T00:00:00Z"}}}]}}));
+              "restartCount":0,"state":{"running":{"startedAt":"2026-01-01T00:00:00Z"}}}]}}),
+        );
         let much_later = start + T.pending * 3;
         assert_eq!(
             t.evaluate(much_later, &T, Some(&job()), Some(&p)),
@@ -611,9 +620,14 @@ mod tests {
     fn pending_pod_that_never_starts_fails_after_the_pending_timeout() {
         let start = Instant::now();
         let mut t = Tracker::new(start);
-        let p = pod(serde_json::json!({"metadata":{"uid":"a"},"status":{"phase":"Pending","conditions":[
-            {"type":"PodScheduled","status":"True"}]}}));
-        assert!(matches!(t.evaluate(start, &T, Some(&job()), Some(&p)), Verdict::Waiting { .. }));
+        let p = pod(
+            serde_json::json!({"metadata":{"uid":"a"},"status":{"phase":"Pending","conditions":[
+            {"type":"PodScheduled","status":"True"}]}}),
+        );
+        assert!(matches!(
+            t.evaluate(start, &T, Some(&job()), Some(&p)),
+            Verdict::Waiting { .. }
+        ));
         let Verdict::Failed(f) = t.evaluate(start + T.pending, &T, Some(&job()), Some(&p)) else {
             panic!("expected failure");
         };

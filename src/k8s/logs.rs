@@ -77,6 +77,9 @@ pub fn split_timestamp(line: &str) -> (Option<Timestamp>, &str) {
 pub enum FollowError {
     #[error("the pod is gone")]
     PodGone,
+    /// The executor's Role does not allow reading logs; retrying cannot help.
+    #[error("reading the container log is forbidden: {0}")]
+    Forbidden(String),
 }
 
 /// What the follower needs to know about the container while it streams.
@@ -147,6 +150,9 @@ pub async fn follow(
                         }
                     }
                 }
+            }
+            Err(kube::Error::Api(status)) if status.code == 403 => {
+                return Err(FollowError::Forbidden(status.message.clone()));
             }
             Err(kube::Error::Api(status)) if status.code == 404 => {
                 if probe.pod_gone() {

@@ -30,7 +30,7 @@ pub enum CreateError {
         name: String,
         message: String,
     },
-    #[error("creating {kind} {name} is forbidden; check the executor's Role: {message}")]
+    #[error("{kind} {name}: forbidden; check the executor's Role: {message}")]
     Forbidden {
         kind: &'static str,
         name: String,
@@ -111,27 +111,23 @@ impl Objects {
             Ok(job)
         }
         .await;
+        let result = match result {
+            Ok(job) => self
+                .own(&job, &created_secrets, created_pvc.as_deref())
+                .await
+                .map(|()| job),
+            Err(error) => Err(error),
+        };
         match result {
-            Ok(job) => {
-                if let Some(patch) = super::job_spec::owner_reference_patch(&job) {
-                    let params = PatchParams::default();
-                    for name in &created_secrets {
-                        if let Err(error) = self.secrets.patch(name, &params, &Patch::Merge(&patch)).await {
-                            warn!(secret = %name, %error, "could not make the Job own its Secret; it is deleted explicitly");
-                        }
-                    }
-                    if let Some(name) = &created_pvc
-                        && let Err(error) = self.pvcs.patch(name, &params, &Patch::Merge(&patch)).await
-                    {
-                        warn!(pvc = %name, %error, "could not make the Job own its PVC; it is deleted explicitly");
-                    }
-                }
-                Ok(Created {
-                    job,
-                    replaced_leftovers: replaced,
-                })
-            }
+            Ok(job) => Ok(Created {
+                job,
+                replaced_leftovers: replaced,
+            }),
             Err(error) => {
+                if let CreateError::Forbidden { .. } = &error {
+                    // The Job may exist already (a forbidden owner patch): remove it too.
+                    let _ = delete_quietly(&self.jobs, &objects.job.name_any()).await;
+                }
                 for name in &created_secrets {
                     let _ = delete_quietly(&self.secrets, name).await;
                 }
@@ -141,6 +137,33 @@ impl Objects {
                 Err(error)
             }
         }
+    }
+
+    /// Makes the Job the owner of its Secrets and PVC. A forbidden patch is an error (the Role is
+    /// wrong and objects would outlive their Job); any other failure is only logged, since
+    /// teardown deletes them explicitly anyway.
+    async fn own(&self, job: &Job, secrets: &[String], pvc: Option<&str>) -> Result<(), CreateError> {
+        let Some(patch) = super::job_spec::owner_reference_patch(job) else {
+            return Ok(());
+        };
+        let params = PatchParams::default();
+        for name in secrets {
+            if let Err(error) = self.secrets.patch(name, &params, &Patch::Merge(&patch)).await {
+                if is_forbidden(&error) {
+                    return Err(classify("Secret", name, error));
+                }
+                warn!(secret = %name, %error, "could not make the Job own its Secret; it is deleted explicitly");
+            }
+        }
+        if let Some(name) = pvc
+            && let Err(error) = self.pvcs.patch(name, &params, &Patch::Merge(&patch)).await
+        {
+            if is_forbidden(&error) {
+                return Err(classify("PersistentVolumeClaim", name, error));
+            }
+            warn!(pvc = %name, %error, "could not make the Job own its PVC; it is deleted explicitly");
+        }
+        Ok(())
     }
 
     /// Creates one object; on AlreadyExists removes our own leftover and tries once more.
@@ -287,6 +310,11 @@ impl Objects {
         }
         Ok(deleted)
     }
+}
+
+/// Whether the API server refused the call for lack of permission.
+pub fn is_forbidden(error: &kube::Error) -> bool {
+    matches!(error, kube::Error::Api(status) if status.code == 403)
 }
 
 fn background() -> DeleteParams {

@@ -157,10 +157,13 @@ async fn drive<S, K>(
                 changes.send_modify(|v| *v = v.wrapping_add(1));
             }
             Some(Err(error)) => {
-                // The watcher re-lists by itself (also after 410 Gone); back-off is applied by
-                // `default_backoff`. Count it so a flapping watch is visible.
+                // The watcher re-establishes itself (re-listing after 410 Gone), with back-off from
+                // `default_backoff`. Until it has delivered a fresh list, the store may be stale, so
+                // the view reports itself unsynced: no job is dequeued on stale counts.
                 events.record(Event::WatchError);
                 warn!(kind, %error, "watch failed; re-establishing");
+                synced.send_modify(|s| mark(s, false));
+                changes.send_modify(|v| *v = v.wrapping_add(1));
             }
             None => break,
         }

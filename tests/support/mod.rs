@@ -34,8 +34,12 @@ impl Env {
     }
 
     pub async fn start_with(cluster: ClusterOptions, frontend: FrontendOptions) -> Env {
-        let cluster = TestCluster::start(cluster).await.expect("start the local control plane");
-        let frontend = DevFrontend::start(frontend).await.expect("start the dev frontend");
+        let cluster = TestCluster::start(cluster)
+            .await
+            .expect("start the local control plane");
+        let frontend = DevFrontend::start(frontend)
+            .await
+            .expect("start the dev frontend");
         Env {
             cluster,
             frontend,
@@ -69,8 +73,14 @@ impl Env {
             ("EXECUTOR_KUBERNETES_RESOURCE_REQUEST_MEMORY", "64Mi".to_string()),
             ("EXECUTOR_KUBERNETES_RESOURCE_LIMIT_MEMORY", "2Gi".to_string()),
             ("EXECUTOR_QUEUE_POLL_INTERVAL", "200ms".to_string()),
-            ("EXECUTOR_HEALTH_SERVER_ADDR", format!("127.0.0.1:{}", free_port())),
-            ("KUBERNETES_JOB_STEP_IMAGE", "sourcegraph/batcheshelper:6.0.0".to_string()),
+            (
+                "EXECUTOR_HEALTH_SERVER_ADDR",
+                format!("127.0.0.1:{}", free_port()),
+            ),
+            (
+                "KUBERNETES_JOB_STEP_IMAGE",
+                "sourcegraph/batcheshelper:6.0.0".to_string(),
+            ),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
@@ -113,7 +123,13 @@ impl Env {
     /// Jobs, pods and Secrets carrying the test executor's labels.
     pub async fn our_objects(&self) -> (usize, usize, usize) {
         let params = ListParams::default().labels(&format!("kube-executor.io/instance={INSTANCE}"));
-        let jobs = self.jobs_api().list(&params).await.expect("list jobs").items.len();
+        let jobs = self
+            .jobs_api()
+            .list(&params)
+            .await
+            .expect("list jobs")
+            .items
+            .len();
         let pods = self
             .pods_api()
             .list(&params)
@@ -156,7 +172,12 @@ impl Env {
         self.frontend
             .wait_for_job("batches", id, timeout, |j| j.state.is_terminal())
             .await
-            .unwrap_or_else(|e| panic!("job {id} did not finish: {e}; record: {:#?}", self.frontend.job("batches", id)))
+            .unwrap_or_else(|e| {
+                panic!(
+                    "job {id} did not finish: {e}; record: {:#?}",
+                    self.frontend.job("batches", id)
+                )
+            })
     }
 }
 
@@ -185,7 +206,12 @@ impl Executor {
     pub async fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
         tokio::time::timeout(timeout, self.child.wait())
             .await
-            .unwrap_or_else(|_| panic!("executor did not exit within {timeout:?}; log:\n{}", self.log_text()))
+            .unwrap_or_else(|_| {
+                panic!(
+                    "executor did not exit within {timeout:?}; log:\n{}",
+                    self.log_text()
+                )
+            })
             .expect("wait for executor")
     }
 
@@ -241,7 +267,10 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
     stream.read_to_end(&mut buf).await.ok()?;
     let text = String::from_utf8_lossy(&buf).to_string();
     let status = text.split_whitespace().nth(1)?.parse().ok()?;
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     Some((status, body))
 }
 

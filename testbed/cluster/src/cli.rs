@@ -242,8 +242,16 @@ fn send_signal(pid: i32, signal: libc::c_int) -> bool {
     unsafe { libc::kill(pid, signal) == 0 }
 }
 
+/// Whether `pid` is still running; a zombie has exited and only waits for its parent to reap it.
 fn process_exists(pid: i32) -> bool {
-    send_signal(pid, 0)
+    let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            stat.rsplit_once(')')
+                .map(|(_, rest)| rest.trim_start().starts_with('Z'))
+        })
+        .unwrap_or(false);
+    !zombie && send_signal(pid, 0)
 }
 
 #[cfg(test)]

@@ -44,8 +44,8 @@ async fn start(options: ClusterOptions) -> (TestCluster, tokio::sync::SemaphoreP
     (cluster, permit)
 }
 
-/// Polls `check` until it yields a value, panicking with `what` after [`WAIT`].
-async fn wait_for<T, F, Fut>(what: &str, mut check: F) -> T
+/// Polls `check` until it yields a value; after [`WAIT`] panics with `what` and the cluster's state.
+async fn wait_for<T, F, Fut>(cluster: &TestCluster, what: &str, mut check: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
@@ -55,12 +55,38 @@ where
         if let Some(value) = check().await {
             return value;
         }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {WAIT:?} waiting for {what}"
-        );
+        if Instant::now() >= deadline {
+            panic!(
+                "timed out after {WAIT:?} waiting for {what}\n{}",
+                explain(cluster).await
+            );
+        }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// The pods' statuses and the node agent's last log lines, for failure messages.
+async fn explain(cluster: &TestCluster) -> String {
+    let pods: Api<Pod> = Api::all(cluster.client());
+    let statuses = match pods.list(&ListParams::default()).await {
+        Ok(list) => list
+            .items
+            .iter()
+            .map(|pod| {
+                let status = serde_json::to_string(&pod.status).unwrap_or_default();
+                format!(
+                    "pod {}: {status}",
+                    pod.metadata.name.as_deref().unwrap_or_default()
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n"),
+        Err(error) => format!("listing pods failed: {error}"),
+    };
+    let agent_log = std::fs::read_to_string(cluster.dir().join("logs/node-agent.log")).unwrap_or_default();
+    let agent_tail: Vec<&str> = agent_log.lines().rev().take(30).collect();
+    let agent_tail: Vec<&str> = agent_tail.into_iter().rev().collect();
+    format!("{statuses}\nnode-agent log tail:\n{}", agent_tail.join("\n"))
 }
 
 fn container(name: &str, script: &str) -> Container {
@@ -113,8 +139,8 @@ fn job_condition(job: &Job, type_: &str) -> bool {
         .is_some_and(|c| c.iter().any(|c| c.type_ == type_ && c.status == "True"))
 }
 
-async fn wait_for_job_condition(jobs: &Api<Job>, name: &str, type_: &str) -> Job {
-    wait_for(&format!("Job {name} condition {type_}"), || async {
+async fn wait_for_job_condition(cluster: &TestCluster, jobs: &Api<Job>, name: &str, type_: &str) -> Job {
+    wait_for(cluster, &format!("Job {name} condition {type_}"), || async {
         jobs.get(name).await.ok().filter(|job| job_condition(job, type_))
     })
     .await
@@ -129,7 +155,7 @@ async fn wait_for_job_pod(
 ) -> Pod {
     let pods: Api<Pod> = Api::namespaced(cluster.client(), NAMESPACE);
     let selector = ListParams::default().labels(&format!("job-name={name}"));
-    wait_for(&format!("pod of Job {name} {what}"), || async {
+    wait_for(cluster, &format!("pod of Job {name} {what}"), || async {
         pods.list(&selector)
             .await
             .ok()?
@@ -207,6 +233,7 @@ async fn start_sleeping_job(cluster: &TestCluster, name: &str) -> (Api<Job>, u32
     );
     let jobs = create_job(cluster, &job(name, pod_spec(vec![container("main", &script)]))).await;
     let pid = wait_for(
+        cluster,
         &format!("{} to hold the container's pid", pid_file.display()),
         || async {
             std::fs::read_to_string(&pid_file)
@@ -233,7 +260,7 @@ async fn job_runs_on_a_simulated_node_and_completes() {
     )
     .await;
 
-    let done = wait_for_job_condition(&jobs, "hello", "Complete").await;
+    let done = wait_for_job_condition(&cluster, &jobs, "hello", "Complete").await;
     assert_eq!(done.status.and_then(|s| s.succeeded), Some(1));
     let pod = wait_for_job_pod(&cluster, "hello", "Succeeded", |p| phase(p) == "Succeeded").await;
     assert_eq!(main_exit_code(&pod), Some(0));
@@ -301,12 +328,12 @@ async fn deleting_a_running_job_kills_its_processes() {
     jobs.delete("sleeper", &DeleteParams::background())
         .await
         .unwrap_or_else(|e| panic!("delete Job: {e}"));
-    wait_for(&format!("container process {pid} to end"), || async {
+    wait_for(&cluster, &format!("container process {pid} to end"), || async {
         (!process_alive(pid)).then_some(())
     })
     .await;
     let pods: Api<Pod> = Api::namespaced(cluster.client(), NAMESPACE);
-    wait_for("the Job's pod to be deleted", || async {
+    wait_for(&cluster, "the Job's pod to be deleted", || async {
         let listed = pods
             .list(&ListParams::default().labels("job-name=sleeper"))
             .await
@@ -381,7 +408,7 @@ async fn failing_command_fails_the_pod_with_its_exit_code_and_the_job() {
     )
     .await;
 
-    let failed = wait_for_job_condition(&jobs, "fails", "Failed").await;
+    let failed = wait_for_job_condition(&cluster, &jobs, "fails", "Failed").await;
     assert_eq!(failed.status.and_then(|s| s.failed), Some(1));
     let pod = wait_for_job_pod(&cluster, "fails", "Failed", |p| phase(p) == "Failed").await;
     assert_eq!(main_exit_code(&pod), Some(3));
@@ -416,7 +443,7 @@ async fn empty_dir_written_by_an_init_container_is_read_by_the_next_container() 
     }]);
     let jobs = create_job(&cluster, &job("scratch", spec)).await;
 
-    wait_for_job_condition(&jobs, "scratch", "Complete").await;
+    wait_for_job_condition(&cluster, &jobs, "scratch", "Complete").await;
     let pod = wait_for_job_pod(&cluster, "scratch", "Succeeded", |p| phase(p) == "Succeeded").await;
     let pods: Api<Pod> = Api::namespaced(cluster.client(), NAMESPACE);
     let params = LogParams {
@@ -450,7 +477,7 @@ async fn hostname_node_selector_pins_the_pod_to_node_2() {
     )]));
     let jobs = create_job(&cluster, &job("pinned", spec)).await;
 
-    wait_for_job_condition(&jobs, "pinned", "Complete").await;
+    wait_for_job_condition(&cluster, &jobs, "pinned", "Complete").await;
     let pod = wait_for_job_pod(&cluster, "pinned", "Succeeded", |p| phase(p) == "Succeeded").await;
     assert_eq!(pod.spec.and_then(|s| s.node_name).as_deref(), Some("node-2"));
     cluster.stop().await;
@@ -531,7 +558,7 @@ async fn service_account_kubeconfig_is_forbidden_until_rbac_grants_access() {
         .unwrap_or_else(|e| panic!("{e}"));
 
     // The RBAC authorizer reads Roles from an informer, so the grant takes effect shortly after.
-    wait_for("the RoleBinding to allow listing pods", || async {
+    wait_for(&cluster, "the RoleBinding to allow listing pods", || async {
         pods.list(&ListParams::default()).await.ok()
     })
     .await;
@@ -639,10 +666,21 @@ async fn command_line_up_serves_a_cluster_until_down() {
         .spawn()
         .unwrap_or_else(|e| panic!("spawn test-cluster up: {e}"));
 
-    let env = wait_for("test-cluster up to write its env file", || async {
-        std::fs::read_to_string(state.join("env")).ok()
-    })
-    .await;
+    let deadline = Instant::now() + WAIT;
+    let env = loop {
+        if let Ok(env) = std::fs::read_to_string(state.join("env")) {
+            break env;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "test-cluster up wrote no env file within {WAIT:?}"
+        );
+        assert!(
+            up.try_wait().is_ok_and(|s| s.is_none()),
+            "test-cluster up exited early"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     assert!(
         env.contains(&format!(
             "export KUBECONFIG='{}'",
