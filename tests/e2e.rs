@@ -210,10 +210,7 @@ async fn canceling_a_job_mid_step_stops_it_within_a_heartbeat() {
     assert_eq!(record.mark_calls.last().map(|m| m.kind), Some(MarkKind::Failed));
     env.wait_no_objects(Duration::from_secs(30)).await;
     let pid = std::fs::read_to_string(&pid_file).expect("pid written");
-    assert!(
-        !std::path::Path::new(&format!("/proc/{}", pid.trim())).exists(),
-        "the step process must be gone"
-    );
+    assert!(!support::process_running(pid.trim()), "the step process must be gone");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -120,7 +120,7 @@ impl Env {
         Api::namespaced(self.cluster.client(), "default")
     }
 
-    /// Jobs, pods and Secrets carrying the test executor's labels.
+    /// Jobs, pods (terminating ones included) and Secrets carrying the test executor's labels.
     pub async fn our_objects(&self) -> (usize, usize, usize) {
         let params = ListParams::default().labels(&format!("kube-executor.io/instance={INSTANCE}"));
         let jobs = self
@@ -130,15 +130,8 @@ impl Env {
             .expect("list jobs")
             .items
             .len();
-        let pods = self
-            .pods_api()
-            .list(&params)
-            .await
-            .expect("list pods")
-            .items
-            .iter()
-            .filter(|p| p.metadata.deletion_timestamp.is_none())
-            .count();
+        // Terminating pods count too: their processes may still be running.
+        let pods = self.pods_api().list(&params).await.expect("list pods").items.len();
         let secrets = Api::<Secret>::namespaced(self.cluster.client(), "default")
             .list(&params)
             .await
@@ -148,7 +141,7 @@ impl Env {
         (jobs, pods, secrets)
     }
 
-    /// Waits until no Job, live pod or Secret of the test executor remains (the garbage collector
+    /// Waits until no Job, pod or Secret of the test executor remains (the garbage collector
     /// works asynchronously after a background delete).
     pub async fn wait_no_objects(&self, timeout: Duration) {
         let deadline = tokio::time::Instant::now() + timeout;
@@ -272,6 +265,18 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
         .map(|(_, b)| b.to_string())
         .unwrap_or_default();
     Some((status, body))
+}
+
+/// Whether a process exists and has not terminated (a zombie waiting to be reaped has).
+pub fn process_running(pid: &str) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            // The state follows the parenthesised command name, which may itself contain spaces.
+            let after = stat.rsplit_once(')')?.1;
+            after.split_whitespace().next().map(|state| state != "Z" && state != "X")
+        })
+        .unwrap_or(false)
 }
 
 pub fn free_port() -> u16 {

@@ -72,9 +72,15 @@ fn node_agent() -> Result<PathBuf> {
             return Ok(candidate.clone());
         }
     }
+    // Name the place cargo would build it: one level up from test binaries in `deps`.
+    let in_deps = exe
+        .parent()
+        .and_then(Path::file_name)
+        .is_some_and(|name| name == "deps");
+    let expected = if in_deps { above } else { here };
     Err(Error::BinaryMissing {
         program: "node-agent",
-        path: above.or(here).unwrap_or_else(|| PathBuf::from("node-agent")),
+        path: expected.unwrap_or_else(|| PathBuf::from("node-agent")),
         hint: NODE_AGENT_HINT,
     })
 }

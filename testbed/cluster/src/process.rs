@@ -246,5 +246,10 @@ pub(crate) fn log_tail(path: &Path) -> String {
     } else {
         &text
     };
-    text.trim_end().to_owned()
+    let text = text.trim_end();
+    if text.is_empty() {
+        "(the log is empty)".to_owned()
+    } else {
+        text.to_owned()
+    }
 }

@@ -227,8 +227,9 @@ fn processes_mentioning(needle: &Path) -> Vec<(u32, String)> {
 /// Starts a Job whose container records its pid in a file and sleeps; returns that pid.
 async fn start_sleeping_job(cluster: &TestCluster, name: &str) -> (Api<Job>, u32) {
     let pid_file = cluster.dir().join(format!("{name}.pid"));
+    // `$$$$` is Kubernetes' escape for the shell's `$$` (the command is subject to `$(VAR)` expansion).
     let script = format!(
-        "echo $$ > {}.tmp && mv {0}.tmp {0} && exec sleep 600",
+        "echo $$$$ > {}.tmp && mv {0}.tmp {0} && exec sleep 600",
         pid_file.display()
     );
     let jobs = create_job(cluster, &job(name, pod_spec(vec![container("main", &script)]))).await;
@@ -651,17 +652,34 @@ async fn several_clusters_run_side_by_side() {
     tokio::join!(first.stop(), second.stop());
 }
 
+/// `DIR/up.log`, for the `up` process's diagnostics.
+fn up_log_file(state: &Path) -> std::fs::File {
+    std::fs::create_dir_all(state).unwrap_or_else(|e| panic!("creating {}: {e}", state.display()));
+    std::fs::File::create(state.join("up.log")).unwrap_or_else(|e| panic!("creating up.log: {e}"))
+}
+
+/// Removes a directory the test created, also when the test panics.
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 #[tokio::test]
 async fn command_line_up_serves_a_cluster_until_down() {
     let _slot = CLUSTER_SLOTS
         .acquire()
         .await
         .expect("cluster slots semaphore closed");
-    let state = std::env::temp_dir().join(format!("test-cluster-cli-{}", std::process::id()));
+    let state = RemoveOnDrop(std::env::temp_dir().join(format!("test-cluster-cli-{}", std::process::id())));
+    let state = &state.0;
     let mut up = tokio::process::Command::new(env!("CARGO_BIN_EXE_test-cluster"))
         .args(["up", "--nodes", "1", "--node-label", "node-1:disk=ssd", "--dir"])
-        .arg(&state)
+        .arg(state)
         .stdout(std::process::Stdio::null())
+        .stderr(up_log_file(state))
         .kill_on_drop(true)
         .spawn()
         .unwrap_or_else(|e| panic!("spawn test-cluster up: {e}"));
@@ -705,7 +723,7 @@ async fn command_line_up_serves_a_cluster_until_down() {
 
     let down = tokio::process::Command::new(env!("CARGO_BIN_EXE_test-cluster"))
         .args(["down", "--dir"])
-        .arg(&state)
+        .arg(state)
         .status()
         .await
         .unwrap_or_else(|e| panic!("run test-cluster down: {e}"));
@@ -716,7 +734,6 @@ async fn command_line_up_serves_a_cluster_until_down() {
         "up should exit cleanly, got {up_status:?}"
     );
     assert!(!state.join("env").exists() && !state.join("test-cluster.pid").exists());
-    let _ = std::fs::remove_dir_all(&state);
 }
 
 #[tokio::test]
@@ -749,5 +766,37 @@ async fn missing_node_agent_is_reported_before_anything_starts() {
     assert!(
         stderr.contains("node-agent not found at /nonexistent/node-agent"),
         "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn a_component_exiting_at_startup_is_reported_with_its_log_and_cleaned_up() {
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_test-cluster"))
+        .args(["up"])
+        .env("NODE_AGENT_BIN", "/bin/false")
+        .output()
+        .await
+        .unwrap_or_else(|e| panic!("run test-cluster: {e}"));
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("node-agent exited during startup (exit status: 1)"),
+        "{stderr}"
+    );
+    let log = stderr
+        .split_whitespace()
+        .find(|word| word.ends_with("/logs/node-agent.log:"))
+        .unwrap_or_else(|| panic!("the error names no log file: {stderr}"));
+    let dir = Path::new(log.trim_end_matches("/logs/node-agent.log:"));
+    assert!(dir.starts_with(std::env::temp_dir()), "{}", dir.display());
+    assert!(
+        !dir.exists(),
+        "the failed cluster's directory {} should be removed",
+        dir.display()
+    );
+    let leftovers = processes_mentioning(dir);
+    assert!(
+        leftovers.is_empty(),
+        "processes of the failed cluster remain: {leftovers:?}"
     );
 }
