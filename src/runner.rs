@@ -270,6 +270,16 @@ pub async fn dequeue_loop(deps: Deps, slots: std::sync::Arc<Slots>, jobs: TaskTr
                     _ = tokio::time::sleep(cfg.poll_interval) => {}
                 }
             }
+            Err(crate::queue::client::QueueError::UnreadableJob { job, reason }) => {
+                drop(permit);
+                dequeued += 1;
+                deps.events.record(Event::JobPermanentlyFailed);
+                warn!(job_id = job.id, %reason, "dequeued a job whose payload cannot be read; marking it failed");
+                let message = format!("the executor could not read the job payload: {reason}");
+                if let Err(error) = deps.queue.mark_failed(&job, &message).await {
+                    warn!(job_id = job.id, %error, "could not mark the unreadable job failed");
+                }
+            }
             Err(error) => {
                 drop(permit);
                 deps.events.record(Event::FrontendError);

@@ -210,7 +210,10 @@ async fn canceling_a_job_mid_step_stops_it_within_a_heartbeat() {
     assert_eq!(record.mark_calls.last().map(|m| m.kind), Some(MarkKind::Failed));
     env.wait_no_objects(Duration::from_secs(30)).await;
     let pid = std::fs::read_to_string(&pid_file).expect("pid written");
-    assert!(!support::process_running(pid.trim()), "the step process must be gone");
+    assert!(
+        !support::process_running(pid.trim()),
+        "the step process must be gone"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -479,4 +482,111 @@ async fn cli_steps_fail_at_once_with_the_fix_and_bad_config_exits_naming_variabl
     assert!(log.contains("EXECUTOR_MAXIMUM_NUM_JOBS"), "{log}");
     assert!(log.contains("EXECUTOR_QUEUE_NAME"), "{log}");
     assert!(!log.contains("a-password-that-must-never-be-printed"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multi_queue_jobs_with_the_same_id_run_side_by_side() {
+    let env = Env::start().await;
+    let gate = Gate::new();
+    let mut batches = job(vec![step("b", &["echo batches-job", &gate.wait_cmd()])]);
+    batches.queue = "batches".into();
+    let mut codeintel = job(vec![step("c", &["echo codeintel-job", &gate.wait_cmd()])]);
+    codeintel.queue = "codeintel".into();
+    let b = env.frontend.enqueue(batches);
+    let c = env.frontend.enqueue(codeintel);
+    assert_eq!(b, c, "ids are per queue: both jobs have the same id");
+    let _executor = env.spawn_executor(&[
+        ("EXECUTOR_QUEUE_NAME", ""),
+        ("EXECUTOR_QUEUE_NAMES", "batches,codeintel"),
+        ("EXECUTOR_MAXIMUM_NUM_JOBS", "2"),
+    ]);
+    for (queue, text) in [("batches", "batches-job"), ("codeintel", "codeintel-job")] {
+        env.frontend
+            .wait_for_job(queue, b, JOB_TIMEOUT, |j| {
+                j.log_entries
+                    .iter()
+                    .any(|e| e.out.contains(&format!("stdout: {text}")))
+            })
+            .await
+            .expect("both running at once");
+    }
+    let names: Vec<String> = env
+        .jobs_api()
+        .list(&ListParams::default().labels(&format!("kube-executor.io/instance={}", support::INSTANCE)))
+        .await
+        .expect("list jobs")
+        .items
+        .into_iter()
+        .filter_map(|j| j.metadata.name)
+        .collect();
+    assert!(
+        names.contains(&format!("sg-executor-job-batches-{b}")),
+        "{names:?}"
+    );
+    assert!(
+        names.contains(&format!("sg-executor-job-codeintel-{b}")),
+        "{names:?}"
+    );
+    // The multi-queue heartbeat reports both running jobs as `<id>-<queue>`, with telemetry.
+    let both = [format!("{b}-batches"), format!("{b}-codeintel")];
+    env.frontend
+        .wait_for_job("batches", b, JOB_TIMEOUT, |_| {
+            env.frontend
+                .executors()
+                .first()
+                .is_some_and(|e| both.iter().all(|id| e.last_job_ids.contains(id)))
+        })
+        .await
+        .expect("a heartbeat listing both jobs");
+    let executor = &env.frontend.executors()[0];
+    assert_eq!(
+        executor.queue_names,
+        vec!["batches".to_string(), "codeintel".to_string()]
+    );
+    assert_eq!(executor.executor_version, "0.0.0+dev");
+    assert_eq!(
+        (executor.os.as_str(), executor.architecture.as_str()),
+        ("linux", "amd64")
+    );
+    assert!(!executor.git_version.is_empty());
+    assert!(
+        executor
+            .prometheus_metrics
+            .contains("src_executor_processor_handlers{queue=\"batches_codeintel\"} 2"),
+        "{}",
+        executor.prometheus_metrics
+    );
+    gate.open();
+    for queue in ["batches", "codeintel"] {
+        let record = env
+            .frontend
+            .wait_for_job(queue, b, JOB_TIMEOUT, |j| j.state.is_terminal())
+            .await
+            .expect("finished");
+        assert_eq!(record.state, JobState::Completed, "{record:#?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_huge_log_is_capped_with_a_notice_and_the_job_still_succeeds() {
+    let env = Env::start().await;
+    let id = env.frontend.enqueue(job(vec![step(
+        "noisy",
+        &[
+            "i=0; while [ $i -lt 3000 ]; do echo \"line $i of a very chatty build step\"; i=$((i+1)); done",
+            "echo after-the-flood",
+        ],
+    )]));
+    let _executor = env.spawn_executor(&[("EXECUTOR_LOG_ENTRY_MAX_BYTES", "8192")]);
+    let record = env.wait_terminal(id, JOB_TIMEOUT).await;
+    assert_eq!(record.state, JobState::Completed, "{record:#?}");
+    let noisy = entry(&record, "step.kubernetes.noisy");
+    assert!(
+        noisy.out.len() <= 8192,
+        "capped at 8192 bytes, got {}",
+        noisy.out.len()
+    );
+    assert!(noisy.out.contains("output truncated"), "{}", noisy.out);
+    assert!(noisy.out.contains("stdout: line 0 of a very chatty build step"));
+    assert_eq!(noisy.exit_code, Some(0));
 }

@@ -736,3 +736,38 @@ async fn heartbeats_and_dequeues_are_not_retried() {
     assert_eq!(seen[0].authorization, "token-executor pw");
     assert_eq!(seen[0].job_id, "", "queue routes carry no job headers");
 }
+
+#[tokio::test]
+async fn an_unreadable_dequeued_job_is_handed_back_by_identity() {
+    // A payload with invalid base64 file content: the job is ours on the frontend, so the client
+    // must return enough to mark it failed instead of dropping it.
+    let app = Router::new().route(
+        "/.executors/queue/batches/dequeue",
+        post(|| async {
+            (
+                StatusCode::OK,
+                r#"{"version":2,"id":41,"token":"tok-41","files":{"input.json":{"content":"!!not base64!!"}}}"#,
+            )
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    let server = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    let client = client_for(&url, "pw-unreadable-0123456789", "exec-1");
+    let err = client
+        .dequeue(Some("batches"), &dequeue_request(&client, &[]))
+        .await
+        .expect_err("the payload cannot be decoded");
+    match err {
+        QueueError::UnreadableJob { job, reason } => {
+            assert_eq!(job.id, 41);
+            assert_eq!(job.queue, "batches");
+            assert_eq!(job.token.expose(), "tok-41");
+            assert!(reason.contains("input.json"), "{reason}");
+        }
+        other => panic!("expected UnreadableJob, got {other:?}"),
+    }
+    server.abort();
+}

@@ -115,6 +115,10 @@ pub enum QueueError {
         #[source]
         source: serde_json::Error,
     },
+    /// A dequeued job whose payload cannot be read: it is ours on the frontend now, so it must
+    /// be reported (failed) rather than dropped.
+    #[error("dequeue: job {} has a payload that cannot be read: {reason}", .job.id)]
+    UnreadableJob { job: JobHandle, reason: String },
     #[error("{op}: cannot encode the request body: {source}")]
     Encode {
         op: &'static str,
@@ -148,6 +152,7 @@ impl QueueError {
             Self::Connect { .. } | Self::Timeout { .. } | Self::Transport { .. } => true,
             Self::Status { status, .. } => matches!(status, 408 | 429 | 500..=599),
             Self::Decode { .. }
+            | Self::UnreadableJob { .. }
             | Self::Encode { .. }
             | Self::InvalidUrl { .. }
             | Self::InvalidRouteSegment { .. }
@@ -181,7 +186,7 @@ impl QueueError {
                 500..=599 => "server_error",
                 _ => "unexpected_status",
             },
-            Self::Decode { .. } => "decode",
+            Self::Decode { .. } | Self::UnreadableJob { .. } => "decode",
             Self::Encode { .. } => "encode",
             Self::InvalidUrl { .. } | Self::InvalidRouteSegment { .. } => "invalid_url",
             Self::InvalidHeader { .. } => "invalid_header",
@@ -388,7 +393,41 @@ impl QueueClient {
         if response.status() == StatusCode::NO_CONTENT {
             return Ok(None);
         }
-        decode_json(op, response).await.map(Some)
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|err| QueueError::from_reqwest(op, err))?;
+        match serde_json::from_slice::<Job>(&bytes) {
+            Ok(job) => Ok(Some(job)),
+            Err(source) => {
+                // The frontend now considers the job ours: if at least its identity can be read,
+                // hand it back so it can be marked failed with the reason instead of hanging
+                // until the frontend's resetter gives up on it.
+                #[derive(serde::Deserialize)]
+                struct Identity {
+                    id: i64,
+                    #[serde(default)]
+                    token: String,
+                    #[serde(default)]
+                    queue: String,
+                }
+                match serde_json::from_slice::<Identity>(&bytes) {
+                    Ok(identity) => Err(QueueError::UnreadableJob {
+                        job: JobHandle {
+                            id: identity.id,
+                            queue: if identity.queue.is_empty() {
+                                queue.unwrap_or_default().to_string()
+                            } else {
+                                identity.queue
+                            },
+                            token: Secret::new(identity.token),
+                        },
+                        reason: source.to_string(),
+                    }),
+                    Err(_) => Err(QueueError::Decode { op, source }),
+                }
+            }
+        }
     }
 
     /// Creates a log entry for the job and returns its ID.

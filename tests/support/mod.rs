@@ -131,7 +131,13 @@ impl Env {
             .items
             .len();
         // Terminating pods count too: their processes may still be running.
-        let pods = self.pods_api().list(&params).await.expect("list pods").items.len();
+        let pods = self
+            .pods_api()
+            .list(&params)
+            .await
+            .expect("list pods")
+            .items
+            .len();
         let secrets = Api::<Secret>::namespaced(self.cluster.client(), "default")
             .list(&params)
             .await
@@ -274,7 +280,10 @@ pub fn process_running(pid: &str) -> bool {
         .and_then(|stat| {
             // The state follows the parenthesised command name, which may itself contain spaces.
             let after = stat.rsplit_once(')')?.1;
-            after.split_whitespace().next().map(|state| state != "Z" && state != "X")
+            after
+                .split_whitespace()
+                .next()
+                .map(|state| state != "Z" && state != "X")
         })
         .unwrap_or(false)
 }

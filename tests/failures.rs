@@ -1,0 +1,114 @@
+//! End-to-end: each way a job pod can fail ends the job promptly with a reason a person can act on.
+
+mod support;
+
+use std::time::Duration;
+
+use dev_frontend::JobState;
+use kube::api::{DeleteParams, ListParams};
+use support::{Env, Gate, job, step};
+use test_cluster::{ClusterOptions, NodeSpec};
+
+const TIMEOUT: Duration = Duration::from_secs(120);
+
+fn error_of(record: &dev_frontend::JobRecord) -> String {
+    record.error_message.clone().unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_over_its_memory_limit_is_reported_as_oom_killed() {
+    let env = Env::start().await;
+    let id = env.frontend.enqueue(job(vec![step(
+        "hungry",
+        &["python3 -c 'blocks = [bytearray(16 * 1024 * 1024) for _ in range(64)]; print(len(blocks))'"],
+    )]));
+    let _executor = env.spawn_executor(&[
+        ("EXECUTOR_KUBERNETES_RESOURCE_REQUEST_MEMORY", "64Mi"),
+        ("EXECUTOR_KUBERNETES_RESOURCE_LIMIT_MEMORY", "128Mi"),
+    ]);
+    let record = env.wait_terminal(id, TIMEOUT).await;
+    assert_eq!(record.state, JobState::Errored, "{record:#?}");
+    let message = error_of(&record);
+    assert!(message.contains("OOMKilled"), "{message}");
+    assert!(
+        message.starts_with("running command \"step.kubernetes.hungry\""),
+        "{message}"
+    );
+    env.wait_no_objects(Duration::from_secs(30)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_past_its_deadline_fails_with_the_deadline() {
+    let env = Env::start().await;
+    let gate = Gate::new();
+    let id = env
+        .frontend
+        .enqueue(job(vec![step("endless", &["echo working", &gate.wait_cmd()])]));
+    let _executor = env.spawn_executor(&[("KUBERNETES_JOB_DEADLINE", "4")]);
+    let record = env.wait_terminal(id, TIMEOUT).await;
+    assert_eq!(record.state, JobState::Errored, "{record:#?}");
+    let message = error_of(&record);
+    assert!(message.contains("deadline of 4s"), "{message}");
+    assert!(message.contains("KUBERNETES_JOB_DEADLINE"), "{message}");
+    let entry = record
+        .log_entries
+        .iter()
+        .find(|e| e.key == "step.kubernetes.endless")
+        .expect("the step's entry");
+    assert!(entry.out.contains("stdout: working"), "{entry:#?}");
+    env.wait_no_objects(Duration::from_secs(30)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_the_node_cannot_admit_fails_with_the_kubelets_reason() {
+    let env = Env::start_with(
+        ClusterOptions::with_nodes(vec![NodeSpec::new("small").with_cpu("2")]),
+        Default::default(),
+    )
+    .await;
+    let id = env.frontend.enqueue(job(vec![step("big", &["echo never"])]));
+    // spec.nodeName bypasses the scheduler, so the node itself refuses the pod.
+    let _executor = env.spawn_executor(&[
+        ("EXECUTOR_KUBERNETES_NODE_NAME", "small"),
+        ("EXECUTOR_KUBERNETES_NODE_PINNING", "nodeName"),
+        ("EXECUTOR_KUBERNETES_RESOURCE_REQUEST_CPU", "8"),
+    ]);
+    let record = env.wait_terminal(id, TIMEOUT).await;
+    assert_eq!(record.state, JobState::Errored, "{record:#?}");
+    let message = error_of(&record);
+    assert!(
+        message.contains("the node rejected the pod (OutOfcpu)"),
+        "{message}"
+    );
+    env.wait_no_objects(Duration::from_secs(30)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_deleted_by_someone_else_fails_the_job_at_once() {
+    let env = Env::start().await;
+    let gate = Gate::new();
+    let id = env
+        .frontend
+        .enqueue(job(vec![step("victim", &["echo alive", &gate.wait_cmd()])]));
+    let _executor = env.spawn_executor(&[]);
+    env.frontend
+        .wait_for_job("batches", id, TIMEOUT, |j| {
+            j.log_entries.iter().any(|e| e.out.contains("stdout: alive"))
+        })
+        .await
+        .expect("step running");
+    let pods = env
+        .pods_api()
+        .list(&ListParams::default().labels(&format!("kube-executor.io/job-id={id}")))
+        .await
+        .expect("list pods");
+    let name = pods.items[0].metadata.name.clone().expect("pod name");
+    env.pods_api()
+        .delete(&name, &DeleteParams::default())
+        .await
+        .expect("delete the pod as an operator would");
+    let record = env.wait_terminal(id, Duration::from_secs(60)).await;
+    assert_eq!(record.state, JobState::Errored, "{record:#?}");
+    assert!(error_of(&record).contains("deleted"), "{}", error_of(&record));
+    env.wait_no_objects(Duration::from_secs(60)).await;
+}
