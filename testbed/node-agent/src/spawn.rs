@@ -10,6 +10,9 @@ use std::{
     process::Stdio,
 };
 
+/// First descriptor number the child uses to hold mount sources open.
+const FIRST_SOURCE_FD: libc::c_int = 200;
+
 /// One bind mount inside the container's mount namespace.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BindMount {
@@ -56,6 +59,11 @@ fn prefixes(path: &Path) -> io::Result<Vec<CString>> {
 
 struct PreparedMount {
     source: CString,
+    /// Where the child keeps the source open (`/proc/self/fd/<source_fd>`), so the source stays
+    /// reachable after an earlier mount covers its path: a volume mounted at /tmp would otherwise
+    /// hide every per-pod volume directory under /tmp.
+    source_fd: libc::c_int,
+    source_fd_path: CString,
     target: CString,
     /// Directories to create before binding (for a file target: its parents).
     directories: Vec<CString>,
@@ -86,8 +94,13 @@ impl ChildPlan {
             } else {
                 prefixes(&mount.target)?
             };
+            // Numbers chosen here because the forked child cannot allocate; close-on-exec, so the
+            // container never sees them.
+            let source_fd = FIRST_SOURCE_FD + libc::c_int::try_from(mounts.len()).unwrap_or(0);
             mounts.push(PreparedMount {
                 source: c_path(&mount.source)?,
+                source_fd,
+                source_fd_path: c_path(Path::new(&format!("/proc/self/fd/{source_fd}")))?,
                 target: c_path(&mount.target)?,
                 directories,
                 file_target,
@@ -140,13 +153,6 @@ impl ChildPlan {
                     return Err(io::Error::last_os_error());
                 }
             }
-            if let Some(limit) = self.nofile_limit {
-                let rlimit = libc::rlimit {
-                    rlim_cur: limit,
-                    rlim_max: limit,
-                };
-                check(libc::setrlimit(libc::RLIMIT_NOFILE, &rlimit))?;
-            }
             if !self.mounts.is_empty() || self.working_dir.is_some() {
                 check(libc::unshare(libc::CLONE_NEWNS))?;
                 check(libc::mount(
@@ -156,6 +162,16 @@ impl ChildPlan {
                     libc::MS_REC | libc::MS_PRIVATE,
                     std::ptr::null(),
                 ))?;
+            }
+            // NB: opened in the new namespace (a mount of another namespace cannot be bound) and
+            // before any mount, so no source is hidden yet.
+            for mount in &self.mounts {
+                let fd = libc::open(mount.source.as_ptr(), libc::O_PATH | libc::O_CLOEXEC);
+                check(fd)?;
+                if fd != mount.source_fd {
+                    check(libc::dup3(fd, mount.source_fd, libc::O_CLOEXEC))?;
+                    libc::close(fd);
+                }
             }
             for mount in &self.mounts {
                 for directory in &mount.directories {
@@ -172,7 +188,7 @@ impl ChildPlan {
                     }
                 }
                 check(libc::mount(
-                    mount.source.as_ptr(),
+                    mount.source_fd_path.as_ptr(),
                     mount.target.as_ptr(),
                     std::ptr::null(),
                     libc::MS_BIND | libc::MS_REC,
@@ -193,6 +209,14 @@ impl ChildPlan {
                     libc::mkdir(directory.as_ptr(), 0o755);
                 }
                 check(libc::chdir(dir.as_ptr()))?;
+            }
+            // Last: a low limit must not stop the descriptors above from being opened.
+            if let Some(limit) = self.nofile_limit {
+                let rlimit = libc::rlimit {
+                    rlim_cur: limit,
+                    rlim_max: limit,
+                };
+                check(libc::setrlimit(libc::RLIMIT_NOFILE, &rlimit))?;
             }
         }
         Ok(())
