@@ -119,14 +119,8 @@ async fn logs_arrive_while_a_step_still_runs() {
     )]));
     let _executor = env.spawn_executor(&[]);
     let during = env
-        .frontend
-        .wait_for_job("batches", id, JOB_TIMEOUT, |j| {
-            j.log_entries
-                .iter()
-                .any(|e| e.key == "step.kubernetes.slow" && e.out.contains("first-line"))
-        })
-        .await
-        .expect("first line streamed");
+        .wait_for_output("batches", id, "first-line", JOB_TIMEOUT)
+        .await;
     let live = entry(&during, "step.kubernetes.slow");
     assert_eq!(live.exit_code, None, "the step is still running");
     assert!(!live.out.contains("second-line"));
@@ -192,12 +186,8 @@ async fn canceling_a_job_mid_step_stops_it_within_a_heartbeat() {
         ],
     )]));
     let _executor = env.spawn_executor(&[]);
-    env.frontend
-        .wait_for_job("batches", id, JOB_TIMEOUT, |j| {
-            j.log_entries.iter().any(|e| e.out.contains("stdout: started"))
-        })
-        .await
-        .expect("step running");
+    env.wait_for_output("batches", id, "stdout: started", JOB_TIMEOUT)
+        .await;
     let canceled_at = Instant::now();
     env.frontend.cancel("batches", id).expect("cancel");
     let record = env.wait_terminal(id, Duration::from_secs(30)).await;
@@ -279,12 +269,8 @@ async fn executor_killed_mid_job_leaves_nothing_behind_and_the_job_finishes_once
         &["echo attempt", &gate.wait_cmd(), "echo finished"],
     )]));
     let mut first = env.spawn_executor(&[]);
-    env.frontend
-        .wait_for_job("batches", id, JOB_TIMEOUT, |j| {
-            j.log_entries.iter().any(|e| e.out.contains("stdout: attempt"))
-        })
-        .await
-        .expect("first attempt running");
+    env.wait_for_output("batches", id, "stdout: attempt", JOB_TIMEOUT)
+        .await;
     first.signal(9);
     first.wait_exit(Duration::from_secs(10)).await;
     assert_eq!(
@@ -334,12 +320,8 @@ async fn sigterm_drains_running_jobs_and_dequeues_no_more() {
         .frontend
         .enqueue(job(vec![step("gated", &["echo running", &gate.wait_cmd()])]));
     let mut executor = env.spawn_executor(&[("EXECUTOR_MAXIMUM_NUM_JOBS", "2")]);
-    env.frontend
-        .wait_for_job("batches", id, JOB_TIMEOUT, |j| {
-            j.log_entries.iter().any(|e| e.out.contains("stdout: running"))
-        })
-        .await
-        .expect("job running");
+    env.wait_for_output("batches", id, "stdout: running", JOB_TIMEOUT)
+        .await;
     executor.signal(15);
     let later = env.frontend.enqueue(job(vec![step("late", &["echo late"])]));
     // Heartbeats continue while draining: the job stays processing past the stall limit check.
@@ -369,12 +351,8 @@ async fn shutdown_grace_period_over_stops_and_requeues_running_jobs() {
         .frontend
         .enqueue(job(vec![step("gated", &["echo running", &gate.wait_cmd()])]));
     let mut executor = env.spawn_executor(&[("EXECUTOR_SHUTDOWN_GRACE_PERIOD", "2s")]);
-    env.frontend
-        .wait_for_job("batches", id, JOB_TIMEOUT, |j| {
-            j.log_entries.iter().any(|e| e.out.contains("stdout: running"))
-        })
-        .await
-        .expect("job running");
+    env.wait_for_output("batches", id, "stdout: running", JOB_TIMEOUT)
+        .await;
     executor.signal(15);
     assert!(executor.wait_exit(Duration::from_secs(60)).await.success());
     let record = env.frontend.job("batches", id).expect("job record");
@@ -412,12 +390,8 @@ async fn node_name_pinning_lands_on_the_named_node_in_both_modes() {
             ("EXECUTOR_KUBERNETES_NODE_PINNING", mode),
             ("EXECUTOR_NUM_TOTAL_JOBS", "1"),
         ]);
-        env.frontend
-            .wait_for_job("batches", id, JOB_TIMEOUT, |j| {
-                j.log_entries.iter().any(|e| e.out.contains("stdout: pinned"))
-            })
-            .await
-            .expect("pinned job running");
+        env.wait_for_output("batches", id, "stdout: pinned", JOB_TIMEOUT)
+            .await;
         let pods = env
             .pods_api()
             .list(&ListParams::default().labels(&format!("kube-executor.io/job-id={id}")))

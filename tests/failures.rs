@@ -91,12 +91,7 @@ async fn a_pod_deleted_by_someone_else_fails_the_job_at_once() {
         .frontend
         .enqueue(job(vec![step("victim", &["echo alive", &gate.wait_cmd()])]));
     let _executor = env.spawn_executor(&[]);
-    env.frontend
-        .wait_for_job("batches", id, TIMEOUT, |j| {
-            j.log_entries.iter().any(|e| e.out.contains("stdout: alive"))
-        })
-        .await
-        .expect("step running");
+    env.wait_for_output("batches", id, "stdout: alive", TIMEOUT).await;
     let pods = env
         .pods_api()
         .list(&ListParams::default().labels(&format!("kube-executor.io/job-id={id}")))

@@ -268,9 +268,13 @@ impl SetupScript<'_> {
                 patterns.join(" ")
             ));
             // The checkout fetches the blobs the patterns select, so it needs the credentials too.
-            lines.push(format!("{git} {auth} -c advice.detachedHead=false checkout --progress --force {commit}"));
+            lines.push(format!(
+                "{git} {auth} -c advice.detachedHead=false checkout --progress --force {commit}"
+            ));
         } else {
-            lines.push(format!("{git} -c advice.detachedHead=false checkout --progress --force {commit}"));
+            lines.push(format!(
+                "{git} -c advice.detachedHead=false checkout --progress --force {commit}"
+            ));
         }
         // As the docker and firecracker runtimes do: indexers read the repository name from the
         // origin URL, and the frontend's URL need not stay in the workspace.

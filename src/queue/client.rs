@@ -336,13 +336,7 @@ impl QueueClient {
             &[("queue name", queue)],
             &["heartbeat"],
         )?;
-        let response = self
-            .send(op, Method::POST, url, Auth::Executor, Some(req), None)
-            .await?;
-        let response = self
-            .check_status(op, response, &[StatusCode::OK], Auth::Executor)
-            .await?;
-        decode_json(op, response).await
+        self.post_for_json(op, url, req).await
     }
 
     /// Multi-queue heartbeat: `POST /.executors/queue/heartbeat`. Not retried.
@@ -352,8 +346,18 @@ impl QueueClient {
     ) -> Result<HeartbeatResponse, QueueError> {
         let op = "heartbeat";
         let url = self.route(op, &[".executors", "queue", "heartbeat"], &[], &[])?;
+        self.post_for_json(op, url, req).await
+    }
+
+    /// POSTs `body` on a queue route with the executor token and decodes a 200 answer.
+    async fn post_for_json<B: Serialize, T: DeserializeOwned>(
+        &self,
+        op: &'static str,
+        url: Url,
+        body: &B,
+    ) -> Result<T, QueueError> {
         let response = self
-            .send(op, Method::POST, url, Auth::Executor, Some(req), None)
+            .send(op, Method::POST, url, Auth::Executor, Some(body), None)
             .await?;
         let response = self
             .check_status(op, response, &[StatusCode::OK], Auth::Executor)

@@ -166,6 +166,22 @@ impl Env {
         }
     }
 
+    /// Waits until some execution log entry of the job contains `text` (output streams in while
+    /// the step runs) and returns the record at that moment.
+    pub async fn wait_for_output(&self, queue: &str, id: i64, text: &str, timeout: Duration) -> JobRecord {
+        self.frontend
+            .wait_for_job(queue, id, timeout, |j| {
+                j.log_entries.iter().any(|e| e.out.contains(text))
+            })
+            .await
+            .unwrap_or_else(|e| {
+                panic!(
+                    "job {queue}/{id} never printed {text:?}: {e}; record: {:#?}",
+                    self.frontend.job(queue, id)
+                )
+            })
+    }
+
     /// Waits for a job to reach a terminal state and returns it.
     pub async fn wait_terminal(&self, id: i64, timeout: Duration) -> JobRecord {
         self.frontend
