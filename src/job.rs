@@ -74,6 +74,7 @@ impl RunningJob {
 #[derive(Debug, Default, Clone)]
 pub struct Registry {
     inner: Arc<Mutex<HashMap<String, Arc<RunningJob>>>>,
+    removed: Arc<tokio::sync::Notify>,
 }
 
 impl Registry {
@@ -107,6 +108,33 @@ impl Registry {
 
     pub fn remove(&self, uid: &str) {
         self.lock().remove(uid);
+        self.removed.notify_waiters();
+    }
+
+    /// Registers a job, first stopping an older run of the same ID: the frontend hands out an ID
+    /// we still run only after it re-queued the job, so that run's result could not be recorded.
+    /// `None` if the older run does not end within `limit`.
+    pub async fn insert_replacing(
+        &self,
+        uid: &str,
+        queue: &str,
+        id: i64,
+        stop: CancellationToken,
+        limit: Duration,
+    ) -> Option<Arc<RunningJob>> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let removed = self.removed.notified();
+            if let Some(job) = self.insert(uid, queue, id, stop.clone()) {
+                return Some(job);
+            }
+            if let Some(old) = self.get(uid) {
+                old.stop(StopReason::Abandoned);
+            }
+            if tokio::time::timeout_at(deadline, removed).await.is_err() {
+                return None;
+            }
+        }
     }
 
     /// Snapshot of the running jobs.
@@ -169,8 +197,18 @@ pub async fn run(deps: Deps, job: Job, mut permit: SlotPermit, stop: Cancellatio
     let job_name = crate::k8s::labels::job_name(&queue, job.id);
     let span = info_span!("job", job_id = job.id, queue = %queue, k8s_job = %job_name);
     async move {
-        let Some(running) = deps.registry.insert(&uid, &queue, job.id, stop.clone()) else {
-            error!("dequeued a job that is already running here; ignoring the duplicate");
+        let replacing = deps.registry.get(&uid).is_some();
+        if replacing {
+            warn!("the frontend re-assigned a job still running here; stopping the stale run first");
+        }
+        let Some(running) = deps
+            .registry
+            .insert_replacing(&uid, &queue, job.id, stop.clone(), Duration::from_secs(120))
+            .await
+        else {
+            error!(
+                "the stale run of this job did not stop in time; leaving the job to the frontend's resetter"
+            );
             return;
         };
         permit.assign(&job_name);
@@ -719,6 +757,35 @@ mod tests {
         assert_eq!(format_go_duration(Duration::from_secs(1800)), "30m0s");
         assert_eq!(format_go_duration(Duration::from_secs(5400)), "1h30m0s");
         assert_eq!(format_go_duration(Duration::from_secs(5)), "5s");
+    }
+
+    #[tokio::test]
+    async fn a_reassigned_job_stops_the_stale_run_before_registering() {
+        let registry = Registry::default();
+        let old = registry
+            .insert("7", "batches", 7, CancellationToken::new())
+            .expect("first run");
+        let finishing = {
+            let registry = registry.clone();
+            let old = old.clone();
+            tokio::spawn(async move {
+                old.stop.cancelled().await;
+                registry.remove("7");
+            })
+        };
+        let new = registry
+            .insert_replacing(
+                "7",
+                "batches",
+                7,
+                CancellationToken::new(),
+                Duration::from_secs(5),
+            )
+            .await
+            .expect("the stale run ended");
+        assert_eq!(old.reason(), Some(StopReason::Abandoned));
+        assert!(!Arc::ptr_eq(&old, &new));
+        finishing.await.expect("join");
     }
 
     #[test]

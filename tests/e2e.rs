@@ -564,3 +564,139 @@ async fn a_huge_log_is_capped_with_a_notice_and_the_job_still_succeeds() {
     assert!(noisy.out.contains("stdout: line 0 of a very chatty build step"));
     assert_eq!(noisy.exit_code, Some(0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_executors_in_one_namespace_never_touch_each_others_jobs() {
+    let env = Env::start().await;
+    let gate = Gate::new();
+    let id = env
+        .frontend
+        .enqueue(job(vec![step("mine", &["echo owned-by-a", &gate.wait_cmd()])]));
+    let mut a = env.spawn_executor(&[("EXECUTOR_INSTANCE_ID", "executor-a")]);
+    env.wait_for_output("batches", id, "stdout: owned-by-a", JOB_TIMEOUT)
+        .await;
+    let params = ListParams::default().labels("kube-executor.io/instance=executor-a");
+    assert_eq!(env.jobs_api().list(&params).await.expect("list").items.len(), 1);
+
+    // B starts (and sweeps its own leftovers) while A's job runs; then B is restarted hard.
+    let mut b = env.spawn_executor(&[("EXECUTOR_INSTANCE_ID", "executor-b")]);
+    b.wait_ready(Duration::from_secs(60)).await;
+    b.signal(9);
+    b.wait_exit(Duration::from_secs(10)).await;
+    let mut b = env.spawn_executor(&[("EXECUTOR_INSTANCE_ID", "executor-b")]);
+    b.wait_ready(Duration::from_secs(60)).await;
+    assert_eq!(
+        env.jobs_api().list(&params).await.expect("list").items.len(),
+        1,
+        "executor-b must leave executor-a's Job alone"
+    );
+    gate.open();
+    let record = env.wait_terminal(id, JOB_TIMEOUT).await;
+    assert_eq!(record.state, JobState::Completed, "{record:#?}");
+    assert!(
+        record
+            .executor
+            .as_deref()
+            .is_some_and(|e| e.starts_with("e2e-host-"))
+    );
+    for executor in [&mut a, &mut b] {
+        executor.signal(15);
+        assert!(executor.wait_exit(Duration::from_secs(30)).await.success());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_the_frontend_no_longer_knows_is_stopped_without_a_report() {
+    // The frontend resets jobs whose heartbeat is older than 2 s; heartbeats come every 5 s, so
+    // the running job is taken away and `knownIds` stops listing it.
+    let env = Env::start_with(
+        Env::nodes(&["node-1"]),
+        FrontendOptions {
+            stalled_after: Duration::from_secs(2),
+            ..FrontendOptions::default()
+        },
+    )
+    .await;
+    let gate = Gate::new();
+    let id = env
+        .frontend
+        .enqueue(job(vec![step("orphaned", &["echo running", &gate.wait_cmd()])]));
+    let executor = env.spawn_executor(&[]);
+    let record = env
+        .frontend
+        .wait_for_job("batches", id, Duration::from_secs(180), |j| {
+            j.state == JobState::Failed
+        })
+        .await
+        .expect("the frontend gives up after three resets");
+    assert!(record.num_resets >= 3, "{record:#?}");
+    // The executor stopped each abandoned run itself and never reported one as done.
+    assert!(record.mark_calls.is_empty(), "{:#?}", record.mark_calls);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let (status, metrics) = support::http_get(executor.health, "/metrics")
+            .await
+            .unwrap_or_default();
+        if status == 200 && metrics.contains("event=\"job_abandoned\"") {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no job_abandoned event:\n{metrics}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    env.wait_no_objects(Duration::from_secs(60)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_endpoints_report_liveness_readiness_and_metrics() {
+    let env = Env::start().await;
+    // Readiness needs the frontend: point the executor at a port where nothing listens first.
+    let closed = format!("http://127.0.0.1:{}", support::free_port());
+    let mut waiting = env.spawn_executor(&[("EXECUTOR_FRONTEND_URL", &closed)]);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while support::http_status(waiting.health, "/healthz").await != Some(200) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no /healthz:\n{}",
+            waiting.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (status, body) = support::http_get(waiting.health, "/readyz")
+        .await
+        .expect("readyz");
+    assert_eq!(status, 503);
+    assert!(body.contains("frontend"), "{body}");
+    waiting.signal(15);
+    assert_eq!(
+        waiting.wait_exit(Duration::from_secs(30)).await.code(),
+        Some(1),
+        "interrupted at startup"
+    );
+
+    let executor = env.spawn_executor(&[]);
+    executor.wait_ready(Duration::from_secs(60)).await;
+    let (status, page) = support::http_get(executor.health, "/")
+        .await
+        .expect("status page");
+    assert_eq!(status, 200);
+    assert!(
+        page.contains("e2e-executor") && page.contains("slots used 0 of 1"),
+        "{page}"
+    );
+    assert!(
+        !page.contains(env.frontend.access_token().unwrap_or("?")),
+        "no secret on the page"
+    );
+    let (status, metrics) = support::http_get(executor.health, "/metrics")
+        .await
+        .expect("metrics");
+    assert_eq!(status, 200);
+    assert!(
+        metrics.contains("src_executor_processor_handlers{queue=\"batches\"} 0"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("kube_executor_build_info{"), "{metrics}");
+}
