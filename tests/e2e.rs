@@ -700,3 +700,40 @@ async fn health_endpoints_report_liveness_readiness_and_metrics() {
     );
     assert!(metrics.contains("kube_executor_build_info{"), "{metrics}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broken_log_streams_resume_without_loss_or_duplication() {
+    // The node agent cuts every follow stream after 700 ms, like a flaky node connection.
+    let env = Env::start_with(
+        Env::nodes(&["node-1"]).with_log_stream_cut(Duration::from_millis(700)),
+        FrontendOptions::default(),
+    )
+    .await;
+    let id = env.frontend.enqueue(job(vec![step(
+        "chatty",
+        &["i=0; while [ $i -lt 40 ]; do echo \"n-$i\"; i=$((i+1)); sleep 0.1; done"],
+    )]));
+    let executor = env.spawn_executor(&[]);
+    let record = env.wait_terminal(id, JOB_TIMEOUT).await;
+    assert_eq!(record.state, JobState::Completed, "{record:#?}");
+    let printed: Vec<&str> = entry(&record, "step.kubernetes.chatty")
+        .out
+        .lines()
+        .filter(|l| l.starts_with("stdout: n-"))
+        .collect();
+    let expected: Vec<String> = (0..40).map(|i| format!("stdout: n-{i}")).collect();
+    assert_eq!(printed, expected, "every line exactly once, in order");
+    let (_, metrics) = support::http_get(executor.health, "/metrics")
+        .await
+        .expect("metrics");
+    let resumed: u64 = metrics
+        .lines()
+        .find(|l| l.contains("event=\"log_stream_resumed\""))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(
+        resumed >= 3,
+        "the 4 s step outlived several 700 ms streams; resumed {resumed} times"
+    );
+}

@@ -174,8 +174,9 @@ impl TestCluster {
 
         if let Some(node_agent) = &binaries.node_agent {
             let nodes_file = dir.join("nodes.json");
-            let config = serde_json::to_vec_pretty(&NodeAgentConfig::build(&options.nodes))
-                .map_err(Error::SerializeNodeConfig)?;
+            let config =
+                serde_json::to_vec_pretty(&NodeAgentConfig::build(&options.nodes, options.log_stream_cut))
+                    .map_err(Error::SerializeNodeConfig)?;
             write_file(&nodes_file, &config)?;
             running.spawn(
                 NODE_AGENT,

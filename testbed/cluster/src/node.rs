@@ -107,6 +107,8 @@ impl NodeSpec {
 pub struct ClusterOptions {
     /// The simulated nodes. With no nodes, no node agent is started (control plane only).
     pub nodes: Vec<NodeSpec>,
+    /// Fault knob: the node agent cuts every `follow` log stream after this long.
+    pub log_stream_cut: Option<Duration>,
 }
 
 impl Default for ClusterOptions {
@@ -114,6 +116,7 @@ impl Default for ClusterOptions {
     fn default() -> Self {
         Self {
             nodes: vec![NodeSpec::new("node-1")],
+            log_stream_cut: None,
         }
     }
 }
@@ -121,7 +124,16 @@ impl Default for ClusterOptions {
 impl ClusterOptions {
     /// Cluster with the given nodes.
     pub fn with_nodes(nodes: Vec<NodeSpec>) -> Self {
-        Self { nodes }
+        Self {
+            nodes,
+            log_stream_cut: None,
+        }
+    }
+
+    /// Makes the node agent cut every `follow` log stream after `cut` (a flaky node connection).
+    pub fn with_log_stream_cut(mut self, cut: Duration) -> Self {
+        self.log_stream_cut = Some(cut);
+        self
     }
 
     /// Rejects node lists that the API server or the node agent cannot run.
@@ -160,8 +172,11 @@ fn is_dns_subdomain(name: &str) -> bool {
 
 /// The node agent's `--config` file.
 #[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub(crate) struct NodeAgentConfig<'a> {
     nodes: Vec<NodeAgentNode<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    log_stream_cut_ms: Option<u64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -179,7 +194,7 @@ struct NodeAgentNode<'a> {
 }
 
 impl<'a> NodeAgentConfig<'a> {
-    pub(crate) fn build(nodes: &'a [NodeSpec]) -> Self {
+    pub(crate) fn build(nodes: &'a [NodeSpec], log_stream_cut: Option<Duration>) -> Self {
         let nodes = nodes
             .iter()
             .map(|node| NodeAgentNode {
@@ -194,7 +209,10 @@ impl<'a> NodeAgentConfig<'a> {
                 unpullable_images: &node.unpullable_images,
             })
             .collect();
-        Self { nodes }
+        Self {
+            nodes,
+            log_stream_cut_ms: log_stream_cut.map(|cut| u64::try_from(cut.as_millis()).unwrap_or(u64::MAX)),
+        }
     }
 }
 
@@ -212,7 +230,7 @@ mod tests {
                 .with_unpullable_image("registry.example/broken:1")
                 .not_ready(),
         ];
-        let json = serde_json::to_value(NodeAgentConfig::build(&nodes)).unwrap_or_default();
+        let json = serde_json::to_value(NodeAgentConfig::build(&nodes, None)).unwrap_or_default();
         assert_eq!(
             json,
             serde_json::json!({"nodes": [{

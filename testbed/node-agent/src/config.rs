@@ -97,8 +97,19 @@ impl Args {
 }
 
 #[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct NodesFile {
     nodes: Vec<NodeConfig>,
+    /// Fault knob for the whole agent: every `follow` log stream is cut after this many
+    /// milliseconds, as a flaky node connection would (clients must resume).
+    #[serde(default)]
+    log_stream_cut_ms: Option<u64>,
+}
+
+/// Faults that apply to the whole agent rather than to one node.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AgentFaults {
+    pub log_stream_cut: Option<std::time::Duration>,
 }
 
 /// One simulated node, as written in NODES.json.
@@ -161,12 +172,12 @@ impl NodeConfig {
 }
 
 /// Reads and validates NODES.json.
-pub fn load_nodes(path: &std::path::Path) -> Result<Vec<NodeConfig>, ConfigError> {
+pub fn load_nodes(path: &std::path::Path) -> Result<(Vec<NodeConfig>, AgentFaults), ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::ReadNodes {
         path: path.into(),
         source,
     })?;
-    parse_nodes(&text).map_err(|error| match error {
+    parse_file(&text).map_err(|error| match error {
         ConfigError::ParseNodes { source, .. } => ConfigError::ParseNodes {
             path: path.into(),
             source,
@@ -175,7 +186,12 @@ pub fn load_nodes(path: &std::path::Path) -> Result<Vec<NodeConfig>, ConfigError
     })
 }
 
+#[cfg(test)]
 fn parse_nodes(text: &str) -> Result<Vec<NodeConfig>, ConfigError> {
+    parse_file(text).map(|(nodes, _)| nodes)
+}
+
+fn parse_file(text: &str) -> Result<(Vec<NodeConfig>, AgentFaults), ConfigError> {
     let file: NodesFile = serde_json::from_str(text).map_err(|source| ConfigError::ParseNodes {
         path: PathBuf::new(),
         source,
@@ -190,7 +206,10 @@ fn parse_nodes(text: &str) -> Result<Vec<NodeConfig>, ConfigError> {
         }
         node.allocatable()?;
     }
-    Ok(file.nodes)
+    let faults = AgentFaults {
+        log_stream_cut: file.log_stream_cut_ms.map(std::time::Duration::from_millis),
+    };
+    Ok((file.nodes, faults))
 }
 
 #[cfg(test)]

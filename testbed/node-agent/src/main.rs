@@ -84,7 +84,7 @@ fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> Result<(), StartError> {
-    let nodes = config::load_nodes(&args.nodes_file)?;
+    let (nodes, faults) = config::load_nodes(&args.nodes_file)?;
     let _ = rustls::crypto::ring::default_provider().install_default();
     let kubeconfig =
         kube::config::Kubeconfig::read_from(&args.kubeconfig).map_err(|source| StartError::Kubeconfig {
@@ -122,7 +122,7 @@ async fn run(args: Args) -> Result<(), StartError> {
     tasks.spawn(server::serve(
         args.port,
         acceptor,
-        server::router(agent.logs.clone()),
+        server::router(agent.logs.clone(), faults.log_stream_cut),
         cancel.clone(),
     ));
 

@@ -54,14 +54,21 @@ pub fn tls_acceptor(cert: &Path, key: &Path) -> Result<tokio_rustls::TlsAcceptor
 }
 
 /// The HTTP routes.
-pub fn router(logs: Arc<LogRegistry>) -> Router {
+pub fn router(logs: Arc<LogRegistry>, log_stream_cut: Option<std::time::Duration>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route(
             "/containerLogs/{namespace}/{pod}/{container}",
             get(container_logs),
         )
-        .with_state(logs)
+        .with_state(LogState { logs, log_stream_cut })
+}
+
+/// What the log route needs: the logs, and the optional stream-cut fault.
+#[derive(Clone)]
+struct LogState {
+    logs: Arc<LogRegistry>,
+    log_stream_cut: Option<std::time::Duration>,
 }
 
 fn plain(status: StatusCode, message: String) -> Response {
@@ -74,7 +81,7 @@ fn plain(status: StatusCode, message: String) -> Response {
 }
 
 async fn container_logs(
-    State(logs): State<Arc<LogRegistry>>,
+    State(LogState { logs, log_stream_cut }): State<LogState>,
     UrlPath((namespace, pod, container)): UrlPath<(String, String, String)>,
     Query(params): Query<HashMap<String, String>>,
 ) -> Response {
@@ -92,7 +99,14 @@ async fn container_logs(
     let content_type = [(header::CONTENT_TYPE, "text/plain")];
     if query.follow && !query.previous {
         let stream = follow_stream(log, query).map(|chunk| chunk.map(axum::body::Bytes::from));
-        return (content_type, Body::from_stream(stream)).into_response();
+        return match log_stream_cut {
+            // The fault knob: end the stream early, as a dropped node connection would.
+            Some(cut) => {
+                let stream = stream.take_until(tokio::time::sleep(cut));
+                (content_type, Body::from_stream(stream)).into_response()
+            }
+            None => (content_type, Body::from_stream(stream)).into_response(),
+        };
     }
     let selected = select_lines(&log.snapshot(), &query);
     let body = ByteBudget::new(query.limit_bytes).render(&selected, query.timestamps);
