@@ -309,13 +309,14 @@ async fn execute(
     };
 
     let created_at = Instant::now();
-    match deps.objects.create(&objects).await {
+    let owned = match deps.objects.create(&objects).await {
         Ok(created) => {
             deps.events.record(Event::JobCreated);
             info!(
                 replaced_leftovers = created.replaced_leftovers,
                 "Kubernetes Job created"
             );
+            created.owned
         }
         Err(error) => {
             let kind = if error.is_permanent() {
@@ -325,13 +326,13 @@ async fn execute(
             };
             return fail(kind, error.to_string());
         }
-    }
+    };
 
     let outcome = supervise(
         deps, &objects, job_name, handle, redactor, stop, running, created_at,
     )
     .await;
-    teardown(deps, &objects, handle).await;
+    teardown(deps, &objects, owned, handle).await;
     outcome
 }
 
@@ -620,12 +621,12 @@ fn first_unfinished_key(steps: &[StepSpec], pod: Option<&Pod>) -> String {
 }
 
 /// Deletes the job's objects (unless KUBERNETES_KEEP_JOBS) and records the teardown entries.
-async fn teardown(deps: &Deps, objects: &JobObjects, handle: &JobHandle) {
+async fn teardown(deps: &Deps, objects: &JobObjects, owned: bool, handle: &JobHandle) {
     let cfg = &deps.config;
     let job_name = kube::ResourceExt::name_any(&objects.job);
     if !cfg.kubernetes.keep_jobs {
         let start = (Timestamp::now(), Instant::now());
-        let (lines, exit_code) = match deps.objects.delete_all(objects).await {
+        let (lines, exit_code) = match deps.objects.delete_all(objects, owned).await {
             Ok(done) => (done, 0),
             Err(failed) => {
                 let lines: Vec<String> = failed.iter().map(|f| format!("failed to delete {f}")).collect();

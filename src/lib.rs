@@ -52,6 +52,8 @@ pub enum RunError {
     InterruptedAtStartup,
     #[error("the executor's Role does not allow looking for leftovers of an earlier process: {0}")]
     Forbidden(String),
+    #[error("the executor's Kubernetes identity lacks permissions (fix its Role): {0}")]
+    MissingPermissions(String),
 }
 
 /// Builds the Kubernetes client: EXECUTOR_KUBERNETES_CONFIG_PATH, else `$KUBECONFIG` /
@@ -113,7 +115,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), RunError> {
         config: config.clone(),
         queue,
         objects: Objects::new(client.clone(), &namespace, &config.instance_id),
-        pods: kube::Api::namespaced(client, &namespace),
+        pods: kube::Api::namespaced(client.clone(), &namespace),
         view: view.clone(),
         events: events.clone(),
         registry: Registry::default(),
@@ -144,6 +146,19 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), RunError> {
     );
 
     let result = async {
+        let needed = k8s::preflight::required(&config.kubernetes);
+        match k8s::preflight::check(client.clone(), &namespace, &needed).await {
+            k8s::preflight::Preflight::Allowed => {}
+            k8s::preflight::Preflight::Missing(missing) => {
+                return Err(RunError::MissingPermissions(k8s::preflight::describe(
+                    &namespace, &missing,
+                )));
+            }
+            // Some hardened clusters deny access reviews; the calls themselves will tell.
+            k8s::preflight::Preflight::Unknown(error) => {
+                warn!(%error, "cannot check the executor's permissions up front");
+            }
+        }
         runner::ping_until_answered(&deps, &system, &frontend, &shutdown.drain)
             .await
             .map_err(|()| RunError::InterruptedAtStartup)?;

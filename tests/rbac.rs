@@ -49,6 +49,49 @@ async fn clean_up(env: &Env) {
         .delete_collection(&dp, &params)
         .await;
     env.wait_no_objects(Duration::from_secs(60)).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while our_pvcs(&env).await > 0 {
+        assert!(tokio::time::Instant::now() < deadline, "PVCs left after clean-up");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Leaves a Secret and a PVC carrying the executor's labels but no owner, as a crash between
+/// creating them and the Job would: the executor's startup sweep must remove them.
+async fn plant_leftovers(env: &Env) {
+    let client = env.cluster.client();
+    let labels = serde_json::json!({
+        "app.kubernetes.io/managed-by": "kube-executor",
+        "kube-executor.io/instance": INSTANCE,
+    });
+    let secret: Secret = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "sg-executor-job-batches-999-secrets", "labels": labels},
+        "stringData": {"TOKEN": "stale"}
+    }))
+    .expect("secret fixture");
+    let pvc: PersistentVolumeClaim = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "sg-executor-job-batches-999-pvc", "labels": labels},
+        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}
+    }))
+    .expect("pvc fixture");
+    Api::<Secret>::namespaced(client.clone(), "default")
+        .create(&PostParams::default(), &secret)
+        .await
+        .expect("plant a stray Secret");
+    Api::<PersistentVolumeClaim>::namespaced(client, "default")
+        .create(&PostParams::default(), &pvc)
+        .await
+        .expect("plant a stray PVC");
+}
+
+async fn our_pvcs(env: &Env) -> usize {
+    let params = ListParams::default().labels(&format!("kube-executor.io/instance={INSTANCE}"));
+    Api::<PersistentVolumeClaim>::namespaced(env.cluster.client(), "default")
+        .list(&params)
+        .await
+        .expect("list PVCs")
+        .items
+        .len()
 }
 
 /// Everything a run produced that could hold a permission error.
@@ -126,6 +169,7 @@ async fn role_grants_exactly_what_a_full_job_needs() {
     let roles: Api<Role> = Api::namespaced(env.cluster.client(), "default");
     let original = roles.get("executor").await.expect("the Role was applied");
 
+    plant_leftovers(&env).await;
     let full = run_once(&env, &kubeconfig, None).await;
     assert_eq!(full.state, Some(JobState::Completed), "{}", full.text);
     assert_eq!(full.teardown_exit, Some(0), "{}", full.text);
@@ -136,6 +180,14 @@ async fn role_grants_exactly_what_a_full_job_needs() {
     );
     assert!(full.text.contains("stdout: rbac-run"), "{}", full.text);
     env.wait_no_objects(Duration::from_secs(60)).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while our_pvcs(&env).await > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "PVCs left after the full run"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 
     let rules = original.rules.clone().unwrap_or_default();
     let mut checked = 0;
@@ -156,6 +208,7 @@ async fn role_grants_exactly_what_a_full_job_needs() {
                 .expect("replace Role");
             let needle = format!("cannot {verb} resource \\\"{resource}\\\"");
             let plain_needle = format!("cannot {verb} resource \"{resource}\"");
+            plant_leftovers(&env).await;
             let run = run_once(&env, &kubeconfig, Some(&plain_needle)).await;
             assert!(
                 run.text.contains(&plain_needle) || run.text.contains(&needle),

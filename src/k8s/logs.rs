@@ -18,45 +18,48 @@ use tracing::{debug, warn};
 use crate::events::{Event, Events};
 
 /// Where to resume a log stream.
+///
+/// Within one stream every line is new (a log need not be in strict time order: stdout and
+/// stderr are interleaved). On resume the stream restarts at the whole second of the newest line
+/// delivered (`sinceTime` has second precision, inclusive), and exactly the lines already
+/// delivered from that second on are skipped; they come first, in the same order.
 #[derive(Debug, Default, Clone)]
 pub struct Cursor {
-    last: Option<Timestamp>,
-    seen_at_last: usize,
-    skip_at_last: usize,
+    newest: Option<Timestamp>,
+    /// Stamps of delivered lines no older than the newest line's whole second.
+    recent: Vec<Timestamp>,
+    skip: usize,
 }
 
 impl Cursor {
-    /// Whether a line stamped `ts` is new; updates the cursor when it is.
+    /// Whether a line stamped `ts` is new; records it when it is.
     pub fn accept(&mut self, ts: Timestamp) -> bool {
-        match self.last {
-            Some(last) if ts < last => false,
-            Some(last) if ts == last => {
-                if self.skip_at_last > 0 {
-                    self.skip_at_last -= 1;
-                    false
-                } else {
-                    self.seen_at_last += 1;
-                    true
-                }
-            }
-            _ => {
-                self.last = Some(ts);
-                self.seen_at_last = 1;
-                self.skip_at_last = 0;
-                true
-            }
+        if self.skip > 0 {
+            self.skip -= 1;
+            return false;
         }
+        if self.newest.is_none_or(|newest| ts > newest) {
+            self.newest = Some(ts);
+            let second = whole_second(ts);
+            self.recent.retain(|t| *t >= second);
+        }
+        if self.newest.is_some_and(|newest| ts >= whole_second(newest)) {
+            self.recent.push(ts);
+        }
+        true
     }
 
     /// Prepares for a new stream: returns the `sinceTime` to ask for.
     pub fn resume(&mut self) -> Option<Timestamp> {
-        self.skip_at_last = self.seen_at_last;
-        self.last.map(|t| {
-            // Whole seconds, rounded down: the API rounds sinceTime to the nearest second, and
-            // rounding up would lose lines.
-            Timestamp::from_second(t.as_second()).unwrap_or(t)
-        })
+        let since = whole_second(self.newest?);
+        self.skip = self.recent.iter().filter(|t| **t >= since).count();
+        Some(since)
     }
+}
+
+/// Rounded down: the API rounds sinceTime to the nearest second, and rounding up would lose lines.
+fn whole_second(ts: Timestamp) -> Timestamp {
+    Timestamp::from_second(ts.as_second()).unwrap_or(ts)
 }
 
 /// Splits `<RFC3339Nano timestamp> <text>`; a line without a parseable stamp is returned whole.
@@ -225,5 +228,24 @@ mod tests {
         assert!(!c.accept(b));
         assert!(c.accept(b), "a third line with the same stamp is new");
         assert!(c.accept(ts("2026-01-01T00:00:02Z")));
+    }
+
+    #[test]
+    fn lines_out_of_time_order_within_a_stream_are_all_delivered() {
+        let mut c = Cursor::default();
+        assert!(c.accept(ts("2026-01-01T00:00:01.5Z")));
+        assert!(
+            c.accept(ts("2026-01-01T00:00:01.2Z")),
+            "stderr line read earlier, appended later"
+        );
+        assert!(
+            c.accept(ts("2026-01-01T00:00:00.9Z")),
+            "even from the previous second"
+        );
+        // The resumed stream repeats the two lines of second 1 (in log order), then new ones.
+        assert_eq!(c.resume(), Some(ts("2026-01-01T00:00:01Z")));
+        assert!(!c.accept(ts("2026-01-01T00:00:01.5Z")));
+        assert!(!c.accept(ts("2026-01-01T00:00:01.2Z")));
+        assert!(c.accept(ts("2026-01-01T00:00:01.7Z")));
     }
 }

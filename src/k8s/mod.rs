@@ -5,5 +5,6 @@ pub mod job_spec;
 pub mod labels;
 pub mod logs;
 pub mod objects;
+pub mod preflight;
 pub mod script;
 pub mod watch;

@@ -123,12 +123,21 @@ impl LogBuffer {
     }
 
     /// Appends one entry and wakes followers.
-    pub fn push(&self, line: LogLine) {
-        if let Some(file) = self.file.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
-            let _ = file.write_all(&line.to_cri());
-        }
+    ///
+    /// stdout and stderr are read by separate tasks, so a line can arrive here after one read
+    /// later on the other stream; like a kubelet's log file, the buffer stays in time order by
+    /// never letting a line be older than the one before it.
+    pub fn push(&self, mut line: LogLine) {
         let count = {
             let mut lines = self.lock_lines();
+            if let Some(last) = lines.last()
+                && line.received < last.received
+            {
+                line.received = last.received;
+            }
+            if let Some(file) = self.file.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+                let _ = file.write_all(&line.to_cri());
+            }
             lines.push(line);
             lines.len()
         };
