@@ -50,7 +50,7 @@ async fn clean_up(env: &Env) {
         .await;
     env.wait_no_objects(Duration::from_secs(60)).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while our_pvcs(&env).await > 0 {
+    while our_pvcs(env).await > 0 {
         assert!(tokio::time::Instant::now() < deadline, "PVCs left after clean-up");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
