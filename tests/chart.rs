@@ -35,6 +35,28 @@ fn run(command: &mut Command) -> String {
     String::from_utf8_lossy(&output.stdout).to_string()
 }
 
+/// A copy of the executor binary outside /tmp, removed when dropped.
+struct StagedBinary {
+    dir: PathBuf,
+    path: PathBuf,
+}
+
+impl StagedBinary {
+    fn new(source: &str) -> Self {
+        let dir = PathBuf::from(format!("/var/tmp/kube-executor-chart-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).expect("create a staging directory in /var/tmp");
+        let path = dir.join("executor");
+        std::fs::copy(source, &path).expect("stage the executor binary");
+        Self { dir, path }
+    }
+}
+
+impl Drop for StagedBinary {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chart_deployment_pins_jobs_to_the_executor_node_through_the_downward_api() {
     let env = Env::start_with(
@@ -117,8 +139,11 @@ nodeSelector:
         Some("spec.nodeName"),
         "the chart wires the Downward API"
     );
+    // The chart mounts an emptyDir at /tmp, so the binary must not live there (a clone under /tmp
+    // would hide it from the pod): stage a copy in /var/tmp.
+    let staged = StagedBinary::new(env!("CARGO_BIN_EXE_executor"));
     let patch = serde_json::json!({"spec": {"template": {"spec": {"containers": [
-        {"name": container.name, "command": [env!("CARGO_BIN_EXE_executor")]}
+        {"name": container.name, "command": [staged.path.display().to_string()]}
     ]}}}});
     deployments
         .patch(
