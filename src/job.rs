@@ -429,19 +429,18 @@ async fn supervise(
         Duration::from_secs(5)
     };
     let mut problems: Vec<(String, String)> = Vec::new();
-    let collect = async {
-        while let Some(done) = followers.join_next().await {
-            if let Ok(Some(problem)) = done {
-                problems.push(problem);
-            }
-        }
-    };
-    if tokio::time::timeout(drain, collect).await.is_err() {
-        warn!("log followers did not finish in time; closing their entries");
-        stop_followers.cancel();
-        while let Some(done) = followers.join_next().await {
-            if let Ok(Some(problem)) = done {
-                problems.push(problem);
+    let deadline = tokio::time::sleep(drain);
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            done = followers.join_next() => match done {
+                None => break,
+                Some(Ok(Some(problem))) => problems.push(problem),
+                Some(_) => {}
+            },
+            _ = &mut deadline, if !stop_followers.is_cancelled() => {
+                warn!("log followers did not finish in time; closing their entries");
+                stop_followers.cancel();
             }
         }
     }

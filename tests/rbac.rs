@@ -48,12 +48,7 @@ async fn clean_up(env: &Env) {
     let _ = Api::<PersistentVolumeClaim>::namespaced(client, "default")
         .delete_collection(&dp, &params)
         .await;
-    env.wait_no_objects(Duration::from_secs(60)).await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while our_pvcs(env).await > 0 {
-        assert!(tokio::time::Instant::now() < deadline, "PVCs left after clean-up");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_all_gone(env, "clean-up").await;
 }
 
 /// Leaves a Secret and a PVC carrying the executor's labels but no owner, as a crash between
@@ -92,6 +87,16 @@ async fn our_pvcs(env: &Env) -> usize {
         .expect("list PVCs")
         .items
         .len()
+}
+
+/// Waits until no Job, pod, Secret or PVC of the test executor is left after `what`.
+async fn wait_all_gone(env: &Env, what: &str) {
+    env.wait_no_objects(Duration::from_secs(60)).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while our_pvcs(env).await > 0 {
+        assert!(tokio::time::Instant::now() < deadline, "PVCs left after {what}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// Everything a run produced that could hold a permission error.
@@ -179,15 +184,7 @@ async fn role_grants_exactly_what_a_full_job_needs() {
         full.text
     );
     assert!(full.text.contains("stdout: rbac-run"), "{}", full.text);
-    env.wait_no_objects(Duration::from_secs(60)).await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while our_pvcs(&env).await > 0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "PVCs left after the full run"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_all_gone(&env, "the full run").await;
 
     let rules = original.rules.clone().unwrap_or_default();
     let mut checked = 0;

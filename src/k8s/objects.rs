@@ -263,24 +263,13 @@ impl Objects {
             Ok(()) => done.push(format!("deleted job.batch/{job_name}")),
             Err(e) => failed.push(format!("job.batch/{job_name}: {e}")),
         }
-        let dependents = std::iter::once(&objects.secret)
-            .chain(objects.pull_secret.iter())
-            .map(|s| format!("secret/{}", s.name_any()))
-            .chain(
-                objects
-                    .pvc
-                    .iter()
-                    .map(|p| format!("persistentvolumeclaim/{}", p.name_any())),
-            );
-        if owned {
-            // One API call less per job: the garbage collector removes what the Job owns.
-            for name in dependents {
-                done.push(format!("{name} goes with the Job (owner reference)"));
-            }
-            return if failed.is_empty() { Ok(done) } else { Err(failed) };
-        }
+        // What the Job owns, the garbage collector removes: one API call less per job.
         for secret in std::iter::once(&objects.secret).chain(objects.pull_secret.iter()) {
             let name = secret.name_any();
+            if owned {
+                done.push(format!("secret/{name} goes with the Job (owner reference)"));
+                continue;
+            }
             match delete_quietly(&self.secrets, &name).await {
                 Ok(()) => done.push(format!("deleted secret/{name}")),
                 Err(e) => failed.push(format!("secret/{name}: {e}")),
@@ -288,9 +277,15 @@ impl Objects {
         }
         if let Some(pvc) = &objects.pvc {
             let name = pvc.name_any();
-            match delete_quietly(&self.pvcs, &name).await {
-                Ok(()) => done.push(format!("deleted persistentvolumeclaim/{name}")),
-                Err(e) => failed.push(format!("persistentvolumeclaim/{name}: {e}")),
+            if owned {
+                done.push(format!(
+                    "persistentvolumeclaim/{name} goes with the Job (owner reference)"
+                ));
+            } else {
+                match delete_quietly(&self.pvcs, &name).await {
+                    Ok(()) => done.push(format!("deleted persistentvolumeclaim/{name}")),
+                    Err(e) => failed.push(format!("persistentvolumeclaim/{name}: {e}")),
+                }
             }
         }
         if failed.is_empty() { Ok(done) } else { Err(failed) }
