@@ -622,9 +622,11 @@ async fn a_job_the_frontend_no_longer_knows_is_stopped_without_a_report() {
         .frontend
         .enqueue(job(vec![step("orphaned", &["echo running", &gate.wait_cmd()])]));
     let executor = env.spawn_executor(&[]);
+    // Three reset cycles take about 90 s alone and over 180 s beside another test's cluster on
+    // two cores.
     let record = env
         .frontend
-        .wait_for_job("batches", id, Duration::from_secs(180), |j| {
+        .wait_for_job("batches", id, Duration::from_secs(420), |j| {
             j.state == JobState::Failed
         })
         .await
