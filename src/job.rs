@@ -361,6 +361,7 @@ async fn supervise(
     let mut following: HashSet<String> = HashSet::new();
     let mut restarts: HashMap<String, i32> = HashMap::new();
     let stop_followers = CancellationToken::new();
+    let mut entry_order = EntryOrder::default();
 
     let outcome = loop {
         // Mark the current change as seen before reading the stores, so no change is missed.
@@ -373,24 +374,27 @@ async fn supervise(
                 for _ in previous..cs.restart_count {
                     deps.events.record(Event::PodRestart);
                 }
-                if container_started(cs) && following.insert(cs.name.clone()) {
-                    let (key, command) = entry_for(&objects.steps, &cs.name);
-                    followers.spawn(
-                        follow_container(
-                            deps.clone(),
-                            handle.clone(),
-                            redactor.clone(),
-                            pod_name(pod),
-                            cs.name.clone(),
-                            key,
-                            command,
-                            started_at(cs),
-                            job_name.to_string(),
-                            stop_followers.clone(),
-                        )
-                        .in_current_span(),
-                    );
+            }
+            for cs in started_in_pod_order(&objects.steps, pod) {
+                if !following.insert(cs.name.clone()) {
+                    continue;
                 }
+                let (key, command) = entry_for(&objects.steps, &cs.name);
+                let turn = entry_order.next_turn();
+                followers.spawn(
+                    follow_container(
+                        deps.clone(),
+                        handle.clone(),
+                        redactor.clone(),
+                        pod_name(pod),
+                        cs.name.clone(),
+                        (key, command, started_at(cs)),
+                        turn,
+                        job_name.to_string(),
+                        stop_followers.clone(),
+                    )
+                    .in_current_span(),
+                );
             }
         }
         let verdict = tracker.evaluate(Instant::now(), &timeouts, k8s_job.as_deref(), pod.as_deref());
@@ -467,13 +471,13 @@ async fn follow_container(
     redactor: Redactor,
     pod: String,
     container: String,
-    key: String,
-    command: Vec<String>,
-    start_time: Timestamp,
+    (key, command, start_time): (String, Vec<String>, Timestamp),
+    mut turn: EntryTurn,
     job_name: String,
     stop: CancellationToken,
 ) -> Option<(String, String)> {
-    let mut writer = match LogEntryWriter::open(
+    turn.wait().await;
+    let opened = LogEntryWriter::open(
         deps.queue.clone(),
         handle,
         redactor,
@@ -483,8 +487,10 @@ async fn follow_container(
         deps.config.log_entry_max_bytes,
         deps.events.clone(),
     )
-    .await
-    {
+    .await;
+    // Whether or not it was created, the next container's entry may now be added.
+    turn.done();
+    let mut writer = match opened {
         Ok(writer) => writer,
         Err(error) => {
             error!(%key, %error, "could not create the execution log entry");
@@ -547,6 +553,62 @@ async fn follow_container(
         error!(%key, %error, "could not send the final log entry update");
     }
     problem
+}
+
+/// Hands out turns for adding execution log entries, so entries are added in the order their
+/// containers were found started even though each container is followed on its own task.
+///
+/// The frontend (and Sourcegraph's UI and batches backend) keeps entries in the order they were
+/// added; two containers seen starting in one pod update must not race to add theirs.
+#[derive(Default)]
+struct EntryOrder {
+    previous: Option<tokio::sync::oneshot::Receiver<()>>,
+}
+
+impl EntryOrder {
+    /// The next turn: it may add its entry once every earlier turn has added (or failed to add) its own.
+    fn next_turn(&mut self) -> EntryTurn {
+        let (done, next) = tokio::sync::oneshot::channel();
+        EntryTurn {
+            after: self.previous.replace(next),
+            done: Some(done),
+        }
+    }
+}
+
+/// One follower's place in [`EntryOrder`].
+struct EntryTurn {
+    after: Option<tokio::sync::oneshot::Receiver<()>>,
+    done: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl EntryTurn {
+    /// Waits until the previous entry was added; a previous follower that ended counts as done.
+    async fn wait(&mut self) {
+        if let Some(after) = self.after.take() {
+            let _ = after.await;
+        }
+    }
+
+    fn done(&mut self) {
+        if let Some(done) = self.done.take() {
+            let _ = done.send(());
+        }
+    }
+}
+
+/// The pod's started containers in pod order (setup, steps, main), however the status lists them.
+fn started_in_pod_order<'a>(steps: &[StepSpec], pod: &'a Pod) -> Vec<&'a ContainerStatus> {
+    let mut started: Vec<&ContainerStatus> = failure::container_statuses(pod)
+        .filter(|cs| container_started(cs))
+        .collect();
+    started.sort_by_key(|cs| {
+        steps
+            .iter()
+            .position(|s| s.container_name == cs.name)
+            .unwrap_or(usize::MAX)
+    });
+    started
 }
 
 struct Probe {
@@ -786,6 +848,37 @@ mod tests {
         assert_eq!(old.reason(), Some(StopReason::Abandoned));
         assert!(!Arc::ptr_eq(&old, &new));
         finishing.await.expect("join");
+    }
+
+    #[tokio::test]
+    async fn entry_turns_add_in_order_whichever_follower_runs_first() {
+        let mut order = EntryOrder::default();
+        let turns: Vec<EntryTurn> = (0..4).map(|_| order.next_turn()).collect();
+        let added = Arc::new(Mutex::new(Vec::new()));
+        let mut tasks = JoinSet::new();
+        // Spawned last-first: without the turns the last container would add its entry first.
+        for (index, mut turn) in turns.into_iter().enumerate().rev() {
+            let added = added.clone();
+            tasks.spawn(async move {
+                turn.wait().await;
+                added.lock().expect("lock").push(index);
+                turn.done();
+            });
+            tokio::task::yield_now().await;
+        }
+        while tasks.join_next().await.is_some() {}
+        assert_eq!(*added.lock().expect("lock"), [0, 1, 2, 3]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_follower_that_ends_without_adding_does_not_block_the_next() {
+        let mut order = EntryOrder::default();
+        let first = order.next_turn();
+        let mut second = order.next_turn();
+        drop(first);
+        tokio::time::timeout(Duration::from_secs(5), second.wait())
+            .await
+            .expect("the next turn is free once the earlier follower is gone");
     }
 
     #[test]

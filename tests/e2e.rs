@@ -739,3 +739,34 @@ async fn broken_log_streams_resume_without_loss_or_duplication() {
         "the 4 s step outlived several 700 ms streams; resumed {resumed} times"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entries_of_many_fast_multi_step_jobs_are_added_in_pod_order() {
+    const JOBS: usize = 20;
+    const STEPS: usize = 5;
+    let env = Env::start().await;
+    let ids: Vec<i64> = (0..JOBS)
+        .map(|_| {
+            let steps = (0..STEPS).map(|s| step(&format!("s{s}"), &["true"])).collect();
+            env.frontend.enqueue(job(steps))
+        })
+        .collect();
+    let mut executor = env.spawn_executor(&[("EXECUTOR_MAXIMUM_NUM_JOBS", "5")]);
+    let mut expected = vec!["setup.workspace".to_string()];
+    expected.extend((0..STEPS).map(|s| format!("step.kubernetes.s{s}")));
+    expected.extend(["main", "teardown.kubernetes.job", "teardown.fs"].map(String::from));
+    for id in ids {
+        let record = env.wait_terminal(id, Duration::from_secs(300)).await;
+        assert_eq!(
+            record.state,
+            JobState::Completed,
+            "{record:#?}\n{}",
+            executor.log_text()
+        );
+        let keys: Vec<&str> = record.log_entries.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(keys, expected, "job {id}");
+    }
+    env.wait_no_objects(Duration::from_secs(60)).await;
+    executor.signal(15);
+    assert!(executor.wait_exit(Duration::from_secs(30)).await.success());
+}
