@@ -770,3 +770,40 @@ async fn entries_of_many_fast_multi_step_jobs_are_added_in_pod_order() {
     executor.signal(15);
     assert!(executor.wait_exit(Duration::from_secs(30)).await.success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interleaved_stdout_and_stderr_keep_the_order_the_step_wrote_them() {
+    const ROUNDS: usize = 40;
+    let env = Env::start().await;
+    let id = env.frontend.enqueue(job(vec![step(
+        "mixed",
+        &[&format!(
+            "for i in $(seq 1 {ROUNDS}); do echo out-$i; echo err-$i >&2; done"
+        )],
+    )]));
+    let executor = env.spawn_executor(&[]);
+    let record = env.wait_terminal(id, JOB_TIMEOUT).await;
+    assert_eq!(
+        record.state,
+        JobState::Completed,
+        "{record:#?}\n{}",
+        executor.log_text()
+    );
+    let out = &entry(&record, "step.kubernetes.mixed").out;
+    let seen: Vec<&str> = out
+        .lines()
+        .filter_map(|l| l.strip_prefix("stdout: "))
+        .filter(|l| l.contains("out-") || l.contains("err-"))
+        .collect();
+    let expected: Vec<String> = (1..=ROUNDS)
+        .flat_map(|i| {
+            [
+                format!("+ echo out-{i}"),
+                format!("out-{i}"),
+                format!("+ echo err-{i}"),
+                format!("err-{i}"),
+            ]
+        })
+        .collect();
+    assert_eq!(seen, expected, "entry:\n{out}");
+}

@@ -353,7 +353,7 @@ pub fn build_job_objects(ctx: &JobContext<'_>, cfg: &KubernetesConfig) -> Result
         image: Some(image.into()),
         image_pull_policy: (!cfg.image_pull_policy.is_empty()).then(|| cfg.image_pull_policy.clone()),
         command: Some(vec!["sh".into(), "-c".into()]),
-        args: Some(vec![args]),
+        args: Some(vec![script::with_one_output_stream(&args)]),
         working_dir: Some(working_dir),
         resources: resources(cfg),
         volume_mounts: Some(mounts(false)),
@@ -879,7 +879,10 @@ mod tests {
         let pod = pod_spec(&objects);
         assert_eq!(pod.containers.len(), 1);
         assert_eq!(pod.containers[0].name, "main");
-        assert_eq!(pod.containers[0].args, Some(vec!["echo 'complete'".to_string()]));
+        assert_eq!(
+            pod.containers[0].args,
+            Some(vec!["exec 2>&1\necho 'complete'".to_string()])
+        );
         assert_eq!(pod.restart_policy.as_deref(), Some("Never"));
         assert_eq!(pod.active_deadline_seconds, Some(1200));
         assert_eq!(pod.automount_service_account_token, Some(false));
@@ -904,7 +907,7 @@ mod tests {
         assert_eq!(
             run.args,
             Some(vec![format!(
-                "if [ \"$('/job/nextIndex.sh' '/job/skip.json' 'step.kubernetes.step.0.run')\" != \"skip\" ]; \
+                "exec 2>&1\nif [ \"$('/job/nextIndex.sh' '/job/skip.json' 'step.kubernetes.step.0.run')\" != \"skip\" ]; \
                  then /bin/sh '{script}'; fi"
             )])
         );

@@ -60,6 +60,16 @@ pub fn shell_quote(value: &str) -> String {
     format!("'{}'", value.replace('\'', r#"'"'"'"#))
 }
 
+/// Prefixes a container program so that its stderr goes into its stdout pipe.
+///
+/// A container runtime reads stdout and stderr from two pipes and interleaves them by when it
+/// happened to read each, so a step's `set -x` trace (stderr) and its output (stdout) can reach
+/// the log out of order. The executor shows both as one stream anyway (every line is `stdout: `),
+/// so giving them one pipe keeps the order the step wrote them in, on any runtime.
+pub fn with_one_output_stream(program: &str) -> String {
+    format!("exec 2>&1\n{program}")
+}
+
 /// Normalises a workspace-relative path: drops empty and `.` components.
 ///
 /// Returns `None` when the path could leave the workspace: absolute, or with a `..` component.
