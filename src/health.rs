@@ -11,7 +11,7 @@ use axum::{
 };
 use tokio_util::sync::CancellationToken;
 
-use crate::{job::Deps, runner::FrontendStatus, telemetry::SystemInfo};
+use crate::{context::Deps, runner::FrontendStatus, telemetry::SystemInfo};
 
 #[derive(Clone)]
 struct AppState {
@@ -87,12 +87,12 @@ fn escape(text: &str) -> String {
 async fn status_page(State(s): State<AppState>) -> Html<String> {
     let cfg = &s.deps.config;
     let mut rows = String::new();
-    for (uid, job) in s.deps.registry.all() {
+    for (key, _) in s.deps.registry.all() {
         rows.push_str(&format!(
             "<tr><td>{}</td><td>{}</td><td>{}</td></tr>",
-            escape(&uid),
-            escape(&job.queue),
-            escape(&crate::k8s::labels::job_name(&job.queue, job.id))
+            escape(&key.to_string()),
+            escape(&key.queue),
+            escape(&crate::k8s::labels::job_name(&key.queue, key.id))
         ));
     }
     let events: String = s

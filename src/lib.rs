@@ -8,6 +8,7 @@
 //! `main.rs` only wires configuration and signals into [`run`].
 
 pub mod config;
+pub mod context;
 pub mod events;
 pub mod health;
 pub mod job;
@@ -27,8 +28,9 @@ use tracing::{info, warn};
 
 use crate::{
     config::Config,
+    context::Deps,
     events::{Event, Events},
-    job::{Deps, Registry},
+    job::registry::Registry,
     k8s::{labels, objects::Objects, watch::ClusterView},
     queue::client::{ClientOptions, QueueClient},
     runner::{FrontendStatus, Shutdown},
@@ -83,94 +85,160 @@ pub async fn kube_client(config: &Config) -> Result<kube::Client, RunError> {
 /// # Errors
 /// Startup failures only; job failures are reported to the frontend and never end the run.
 pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), RunError> {
-    let config = Arc::new(config);
-    let executor_name = format!("{}-{}", config.hostname, uuid::Uuid::new_v4());
-    let client = kube_client(&config).await?;
-    let queue = QueueClient::new(ClientOptions {
-        frontend_url: config.frontend_url.clone(),
-        password: config.frontend_password.clone(),
-        executor_name: executor_name.clone(),
-        user_agent: format!("kube-executor/{}", telemetry::BUILD_VERSION),
-    })?;
-    let namespace = config.kubernetes.namespace.clone();
-    let events = Events::default();
-    let background = TaskTracker::new();
-    let stop_background = CancellationToken::new();
-    let view = ClusterView::spawn(
-        client.clone(),
-        &namespace,
-        &labels::instance_selector(&config.instance_id),
-        events.clone(),
-        &background,
-        stop_background.clone(),
-    );
-    let slots = Slots::new(config.maximum_num_jobs);
-    background.spawn(track_cluster_jobs(
-        view.clone(),
-        slots.clone(),
-        stop_background.clone(),
-    ));
-
-    let deps = Deps {
-        config: config.clone(),
-        queue,
-        objects: Objects::new(client.clone(), &namespace, &config.instance_id),
-        pods: kube::Api::namespaced(client.clone(), &namespace),
-        view: view.clone(),
-        events: events.clone(),
-        registry: Registry::default(),
-        executor_name: executor_name.clone(),
-    };
-    let system = SystemInfo::gather(runner::queue_label(&config.queues), slots.clone()).await;
-    let frontend = FrontendStatus::default();
+    let background = Background::default();
+    let executor = Executor::assemble(Arc::new(config), &background).await?;
     let (health_addr, serve) = health::bind(
-        config.health_server_addr,
-        deps.clone(),
-        system.clone(),
-        frontend.clone(),
-        stop_background.clone(),
+        executor.deps.config.health_server_addr,
+        executor.deps.clone(),
+        executor.system.clone(),
+        executor.frontend.clone(),
+        background.stop.clone(),
     )
     .await
     .map_err(|source| RunError::HealthServer {
-        addr: config.health_server_addr,
+        addr: executor.deps.config.health_server_addr,
         source,
     })?;
-    background.spawn(serve);
+    background.tasks.spawn(serve);
     info!(
-        executor = %executor_name,
-        instance = %config.instance_id,
-        namespace = %namespace,
+        executor = %executor.deps.executor_name,
+        instance = %executor.deps.config.instance_id,
+        namespace = %executor.deps.config.kubernetes.namespace,
         health = %health_addr,
         version = telemetry::BUILD_VERSION,
         "executor starting"
     );
+    let result = executor.serve(&background, &shutdown).await;
+    background.stop.cancel();
+    background.tasks.close();
+    background.tasks.wait().await;
+    info!("executor stopped");
+    result
+}
 
-    let result = async {
-        let needed = k8s::preflight::required(&config.kubernetes);
-        match k8s::preflight::check(client.clone(), &namespace, &needed).await {
-            k8s::preflight::Preflight::Allowed => {}
-            k8s::preflight::Preflight::Missing(missing) => {
-                return Err(RunError::MissingPermissions(k8s::preflight::describe(
-                    &namespace, &missing,
-                )));
-            }
-            // Some hardened clusters deny access reviews; the calls themselves will tell.
-            k8s::preflight::Preflight::Unknown(error) => {
-                warn!(%error, "cannot check the executor's permissions up front");
-            }
-        }
-        runner::ping_until_answered(&deps, &system, &frontend, &shutdown.drain)
+/// Tasks that live as long as the executor (watches, slot tracking, heartbeats, health server).
+#[derive(Default)]
+struct Background {
+    tasks: TaskTracker,
+    stop: CancellationToken,
+}
+
+/// A started executor: its shared context and what the loops and the health server report.
+struct Executor {
+    deps: Deps,
+    client: kube::Client,
+    slots: Arc<Slots>,
+    system: SystemInfo,
+    frontend: FrontendStatus,
+}
+
+impl Executor {
+    /// Builds the clients, starts the shared watches and the slot tracking.
+    async fn assemble(config: Arc<Config>, background: &Background) -> Result<Self, RunError> {
+        let executor_name = format!("{}-{}", config.hostname, uuid::Uuid::new_v4());
+        let client = kube_client(&config).await?;
+        let queue = QueueClient::new(ClientOptions {
+            frontend_url: config.frontend_url.clone(),
+            password: config.frontend_password.clone(),
+            executor_name: executor_name.clone(),
+            user_agent: format!("kube-executor/{}", telemetry::BUILD_VERSION),
+        })?;
+        let namespace = config.kubernetes.namespace.clone();
+        let events = Events::default();
+        let view = ClusterView::spawn(
+            client.clone(),
+            &namespace,
+            &labels::instance_selector(&config.instance_id),
+            events.clone(),
+            &background.tasks,
+            background.stop.clone(),
+        );
+        let slots = Slots::new(config.maximum_num_jobs);
+        background.tasks.spawn(track_cluster_jobs(
+            view.clone(),
+            slots.clone(),
+            background.stop.clone(),
+        ));
+        let system = SystemInfo::gather(runner::queue_label(&config.queues), slots.clone()).await;
+        let deps = Deps {
+            objects: Objects::new(client.clone(), &namespace, &config.instance_id),
+            pods: kube::Api::namespaced(client.clone(), &namespace),
+            config,
+            queue,
+            view,
+            events,
+            registry: Registry::default(),
+            executor_name,
+        };
+        Ok(Self {
+            deps,
+            client,
+            slots,
+            system,
+            frontend: FrontendStatus::default(),
+        })
+    }
+
+    /// Checks permissions, waits for the frontend and the watches, sweeps leftovers, then runs the
+    /// heartbeat and dequeue loops until drained.
+    async fn serve(&self, background: &Background, shutdown: &Shutdown) -> Result<(), RunError> {
+        self.check_permissions().await?;
+        runner::ping_until_answered(&self.deps, &self.system, &self.frontend, &shutdown.drain)
             .await
             .map_err(|()| RunError::InterruptedAtStartup)?;
         tokio::select! {
             _ = shutdown.drain.cancelled() => return Ok(()),
-            _ = view.wait_synced() => {}
+            _ = self.deps.view.wait_synced() => {}
         }
-        match deps.objects.sweep_leftovers(config.kubernetes.keep_jobs).await {
+        self.sweep_leftovers().await?;
+        background.tasks.spawn(runner::heartbeat_loop(
+            self.deps.clone(),
+            self.system.clone(),
+            self.frontend.clone(),
+            background.stop.clone(),
+        ));
+        let jobs = TaskTracker::new();
+        runner::dequeue_loop(
+            self.deps.clone(),
+            self.slots.clone(),
+            jobs.clone(),
+            shutdown.clone(),
+        )
+        .await;
+        let grace = self.deps.config.shutdown_grace_period;
+        runner::drain_jobs(&jobs, shutdown, grace, &self.deps.registry).await;
+        Ok(())
+    }
+
+    /// Asks the API server for every permission the configuration needs, before any job runs.
+    async fn check_permissions(&self) -> Result<(), RunError> {
+        let namespace = &self.deps.config.kubernetes.namespace;
+        let needed = k8s::preflight::required(&self.deps.config.kubernetes);
+        match k8s::preflight::check(self.client.clone(), namespace, &needed).await {
+            k8s::preflight::Preflight::Allowed => Ok(()),
+            k8s::preflight::Preflight::Missing(missing) => Err(RunError::MissingPermissions(
+                k8s::preflight::describe(namespace, &missing),
+            )),
+            // Some hardened clusters deny access reviews; the calls themselves will tell.
+            k8s::preflight::Preflight::Unknown(error) => {
+                warn!(%error, "cannot check the executor's permissions up front");
+                Ok(())
+            }
+        }
+    }
+
+    /// Deletes what an earlier process of this instance left; the frontend re-queues its jobs.
+    async fn sweep_leftovers(&self) -> Result<(), RunError> {
+        match self
+            .deps
+            .objects
+            .sweep_leftovers(self.deps.config.kubernetes.keep_jobs)
+            .await
+        {
             Ok(0) => {}
             Ok(n) => {
                 for _ in 0..n {
-                    events.record(Event::LeftoverJobDeleted);
+                    self.deps.events.record(Event::LeftoverJobDeleted);
                 }
                 info!(deleted = n, "removed Jobs left by an earlier executor process");
             }
@@ -179,24 +247,8 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), RunError> {
             }
             Err(error) => warn!(%error, "could not look for Jobs left by an earlier executor process"),
         }
-        background.spawn(runner::heartbeat_loop(
-            deps.clone(),
-            system.clone(),
-            frontend.clone(),
-            stop_background.clone(),
-        ));
-        let jobs = TaskTracker::new();
-        runner::dequeue_loop(deps.clone(), slots.clone(), jobs.clone(), shutdown.clone()).await;
-        runner::drain_jobs(&jobs, &shutdown, config.shutdown_grace_period, &deps.registry).await;
         Ok(())
     }
-    .await;
-
-    stop_background.cancel();
-    background.close();
-    background.wait().await;
-    info!("executor stopped");
-    result
 }
 
 /// Keeps the slot accounting in line with this executor's unfinished Jobs in the cluster.

@@ -14,6 +14,13 @@ use crate::{
     redact::Redactor,
 };
 
+/// Key of the workspace setup entry, also used for failures before any container ran.
+pub const SETUP_KEY: &str = "setup.workspace";
+/// Key of the entry recording the deletion of the job's Kubernetes objects.
+pub const TEARDOWN_JOB_KEY: &str = "teardown.kubernetes.job";
+/// Key of the entry recording what became of the workspace.
+pub const TEARDOWN_FS_KEY: &str = "teardown.fs";
+
 /// How often a growing entry is sent again.
 pub const UPDATE_INTERVAL: Duration = Duration::from_secs(1);
 

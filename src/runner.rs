@@ -16,10 +16,18 @@ use tracing::{debug, info, warn};
 
 use crate::{
     config::{Config, QueueSelection},
+    context::Deps,
     events::Event,
-    job::{self, Deps, StopReason},
-    queue::types::{
-        DequeueRequest, HeartbeatRequestMulti, HeartbeatRequestV1, HeartbeatResponse, QueueJobIds, Telemetry,
+    job::{
+        self,
+        registry::{Registry, StopReason},
+    },
+    queue::{
+        RunKey,
+        types::{
+            DequeueRequest, HeartbeatRequestMulti, HeartbeatRequestV1, HeartbeatResponse, Job, QueueJobIds,
+            Telemetry,
+        },
     },
     slots::Slots,
     telemetry::SystemInfo,
@@ -104,7 +112,7 @@ pub async fn ping_until_answered(
 async fn send_heartbeat(
     deps: &Deps,
     system: &SystemInfo,
-    running: &[(String, String)],
+    running: &[RunKey],
     with_metrics: bool,
 ) -> Result<HeartbeatResponse, crate::queue::client::QueueError> {
     let cfg = &deps.config;
@@ -124,7 +132,7 @@ async fn send_heartbeat(
     };
     match &cfg.queues {
         QueueSelection::Single(queue) => {
-            let ids: Vec<i64> = running.iter().filter_map(|(uid, _)| uid.parse().ok()).collect();
+            let ids: Vec<i64> = running.iter().map(|key| key.id).collect();
             let req = HeartbeatRequestV1 {
                 version: "V2".to_string(),
                 executor_name: deps.executor_name.clone(),
@@ -134,28 +142,32 @@ async fn send_heartbeat(
             deps.queue.heartbeat_single(queue, &req).await
         }
         QueueSelection::Multi(queues) => {
-            let mut by_queue: Vec<QueueJobIds> = Vec::new();
-            for (uid, queue) in running {
-                let id = uid.split_once('-').map_or(uid.as_str(), |(id, _)| id).to_string();
-                match by_queue.iter_mut().find(|q| &q.queue_name == queue) {
-                    Some(q) => q.job_ids.push(id),
-                    None => by_queue.push(QueueJobIds {
-                        queue_name: queue.clone(),
-                        job_ids: vec![id],
-                    }),
-                }
-            }
-            by_queue.sort_by(|a, b| a.queue_name.cmp(&b.queue_name));
             let req = HeartbeatRequestMulti {
                 version: String::new(),
                 executor_name: deps.executor_name.clone(),
                 queue_names: queues.clone(),
-                job_ids_by_queue: by_queue,
+                job_ids_by_queue: ids_by_queue(running),
                 telemetry,
             };
             deps.queue.heartbeat_multi(&req).await
         }
     }
+}
+
+/// Running jobs grouped by queue, queues sorted by name, as the multi-queue heartbeat sends them.
+fn ids_by_queue(running: &[RunKey]) -> Vec<QueueJobIds> {
+    let mut by_queue: Vec<QueueJobIds> = Vec::new();
+    for key in running {
+        match by_queue.iter_mut().find(|q| q.queue_name == key.queue) {
+            Some(q) => q.job_ids.push(key.id.to_string()),
+            None => by_queue.push(QueueJobIds {
+                queue_name: key.queue.clone(),
+                job_ids: vec![key.id.to_string()],
+            }),
+        }
+    }
+    by_queue.sort_by(|a, b| a.queue_name.cmp(&b.queue_name));
+    by_queue
 }
 
 /// Heartbeats every [`HEARTBEAT_INTERVAL`] until `stop`; applies `cancelIds` and `knownIds`.
@@ -172,12 +184,7 @@ pub async fn heartbeat_loop(
             _ = stop.cancelled() => return,
             _ = ticker.tick() => {}
         }
-        let running: Vec<(String, String)> = deps
-            .registry
-            .all()
-            .into_iter()
-            .map(|(uid, job)| (uid, job.queue.clone()))
-            .collect();
+        let running: Vec<RunKey> = deps.registry.all().into_iter().map(|(key, _)| key).collect();
         match send_heartbeat(&deps, &system, &running, true).await {
             Ok(response) => {
                 frontend.set();
@@ -191,29 +198,36 @@ pub async fn heartbeat_loop(
     }
 }
 
-fn apply_heartbeat_response(deps: &Deps, sent: &[(String, String)], response: &HeartbeatResponse) {
-    for uid in &response.cancel_ids {
-        if let Some(job) = deps.registry.get(uid) {
-            info!(job = %uid, "the frontend canceled the job");
-            job.stop(StopReason::Canceled);
-        }
-    }
+fn apply_heartbeat_response(deps: &Deps, sent: &[RunKey], response: &HeartbeatResponse) {
+    let cancel: HashSet<&str> = response.cancel_ids.iter().map(String::as_str).collect();
     let known: HashSet<&str> = response.known_ids.iter().map(String::as_str).collect();
-    for (uid, _) in sent {
-        let Some(job) = deps.registry.get(uid) else {
+    for key in sent {
+        let Some(job) = deps.registry.get(key) else {
             continue;
         };
-        let mut missing = job.missing_from_known.lock().unwrap_or_else(|p| p.into_inner());
-        if known.contains(uid.as_str()) {
-            *missing = 0;
-        } else {
-            *missing += 1;
-            if *missing >= ABANDON_AFTER_MISSING {
-                warn!(job = %uid, "the frontend no longer knows this job (reset or reassigned); stopping it");
-                drop(missing);
-                job.stop(StopReason::Abandoned);
-            }
+        let id = key.to_string();
+        if cancel.contains(id.as_str()) {
+            info!(job = %key, "the frontend canceled the job");
+            job.stop(StopReason::Canceled);
         }
+        if job.note_known(known.contains(id.as_str())) >= ABANDON_AFTER_MISSING {
+            warn!(job = %key, "the frontend no longer knows this job (reset or reassigned); stopping it");
+            job.stop(StopReason::Abandoned);
+        }
+    }
+}
+
+/// The key of a dequeued job: its queue is the one the frontend named (multi-queue), else the
+/// executor's only queue. The one place a job's queue is resolved.
+fn run_key(queues: &QueueSelection, job: &Job) -> RunKey {
+    match queues {
+        QueueSelection::Single(queue) if job.queue.is_empty() => RunKey::single(job.id, queue),
+        QueueSelection::Single(_) => RunKey::single(job.id, &job.queue),
+        // A multi-queue frontend always names the queue; an older one falls back to the first.
+        QueueSelection::Multi(queues) if job.queue.is_empty() => {
+            RunKey::multi(job.id, queues.first().map_or("", String::as_str))
+        }
+        QueueSelection::Multi(_) => RunKey::multi(job.id, &job.queue),
     }
 }
 
@@ -260,7 +274,8 @@ pub async fn dequeue_loop(deps: Deps, slots: std::sync::Arc<Slots>, jobs: TaskTr
                 deps.events.record(Event::JobDequeued);
                 info!(job_id = job.id, queue = %job.queue, "dequeued a job");
                 let stop = shutdown.force.child_token();
-                jobs.spawn(job::run(deps.clone(), job, permit, stop));
+                let key = run_key(&cfg.queues, &job);
+                jobs.spawn(job::run(deps.clone(), key, job, permit, stop));
             }
             Ok(None) => {
                 consecutive_errors = 0;
@@ -309,7 +324,7 @@ fn error_backoff(base: Duration, consecutive: u32) -> Duration {
 }
 
 /// Waits for running jobs after a drain: up to the grace period, then stops them (force).
-pub async fn drain_jobs(jobs: &TaskTracker, shutdown: &Shutdown, grace: Duration, registry: &job::Registry) {
+pub async fn drain_jobs(jobs: &TaskTracker, shutdown: &Shutdown, grace: Duration, registry: &Registry) {
     jobs.close();
     if !registry.is_empty() {
         info!(
@@ -342,6 +357,39 @@ mod tests {
         assert!(a >= Duration::from_secs(1) && a < Duration::from_millis(1300));
         assert!(b >= Duration::from_secs(4));
         assert!(c >= Duration::from_secs(30) && c <= Duration::from_millis(37_500));
+    }
+
+    fn dequeued(id: i64, queue: &str) -> Job {
+        serde_json::from_value(serde_json::json!({"id": id, "queue": queue})).expect("minimal job")
+    }
+
+    #[test]
+    fn the_queue_is_resolved_once_into_the_run_key() {
+        let single = QueueSelection::Single("batches".into());
+        let multi = QueueSelection::Multi(vec!["codeintel".into(), "batches".into()]);
+        assert_eq!(run_key(&single, &dequeued(7, "")), RunKey::single(7, "batches"));
+        assert_eq!(run_key(&multi, &dequeued(7, "batches")).to_string(), "7-batches");
+        assert_eq!(run_key(&multi, &dequeued(7, "")), RunKey::multi(7, "codeintel"));
+    }
+
+    #[test]
+    fn multi_queue_heartbeat_groups_ids_by_sorted_queue() {
+        let running = [
+            RunKey::multi(3, "codeintel"),
+            RunKey::multi(1, "batches"),
+            RunKey::multi(3, "batches"),
+        ];
+        let grouped: Vec<(String, Vec<String>)> = ids_by_queue(&running)
+            .into_iter()
+            .map(|q| (q.queue_name, q.job_ids))
+            .collect();
+        assert_eq!(
+            grouped,
+            [
+                ("batches".to_string(), vec!["1".to_string(), "3".to_string()]),
+                ("codeintel".to_string(), vec!["3".to_string()]),
+            ]
+        );
     }
 
     #[test]

@@ -4,7 +4,7 @@ use tracing_subscriber::{EnvFilter, fmt};
 
 use crate::{
     config::{Config, LogFormat},
-    job::Deps,
+    context::Deps,
 };
 
 /// The product's own build version (reported separately from EXECUTOR_REPORTED_VERSION).

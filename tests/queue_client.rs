@@ -17,7 +17,7 @@ use axum::{
 use dev_frontend::{DevFrontend, FrontendOptions, JobState, NewJob};
 use jiff::Timestamp;
 use kube_executor::queue::{
-    ClientOptions, JobHandle, MarkOutcome, QueueClient, QueueError, RetryPolicy,
+    ClientOptions, JobHandle, MarkOutcome, QueueClient, QueueError, RetryPolicy, RunKey,
     types::{
         DequeueRequest, ExecutionLogEntry, HeartbeatRequestMulti, HeartbeatRequestV1, Job, QueueJobIds,
         Secret, Telemetry,
@@ -127,7 +127,7 @@ async fn dequeued_job(frontend: &DevFrontend, client: &QueueClient, queue: &str)
         .expect("dequeue succeeds")
         .expect("a job is queued");
     assert_eq!(job.id, id);
-    let handle = JobHandle::for_job(&job, queue);
+    let handle = JobHandle::new(&RunKey::single(job.id, queue), job.token.clone());
     (job, handle)
 }
 
@@ -243,7 +243,7 @@ async fn single_queue_heartbeat_and_dequeue_of_a_v2_job() {
     assert_eq!(record.executor.as_deref(), Some("exec-single"));
     assert_eq!(record.payload_version, Some(2));
 
-    let handle = JobHandle::for_job(&job, "batches");
+    let handle = JobHandle::new(&RunKey::single(job.id, "batches"), job.token.clone());
     assert_eq!(handle.queue, "batches");
     let response = client
         .heartbeat_single("batches", &single_heartbeat(&client, Some(vec![id])))
@@ -294,7 +294,6 @@ async fn multi_queue_heartbeat_and_dequeue() {
         .expect("dequeue succeeds")
         .expect("the queued job");
     assert_eq!((job.id, job.version, job.queue.as_str()), (id, 2, "codeintel"));
-    assert_eq!(JobHandle::for_job(&job, "").queue, "codeintel");
 
     let response = client
         .heartbeat_multi(&multi_heartbeat(

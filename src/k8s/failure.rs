@@ -85,28 +85,25 @@ impl Tracker {
         job: Option<&Job>,
         pod: Option<&Pod>,
     ) -> Verdict {
-        let mut timers = Timers::default();
-        let verdict = self.judge(now, timeouts, job, pod, &mut timers);
-        match verdict {
+        let mut clock = Clock {
+            now,
+            timeouts,
+            timers: Timers::default(),
+        };
+        match self.judge(&mut clock, job, pod) {
             Verdict::Waiting { .. } => {
                 // Forget conditions that cleared, so a later recurrence starts a fresh timer.
-                self.first_seen.retain(|key, _| timers.active.contains(key));
+                let active = &clock.timers.active;
+                self.first_seen.retain(|key, _| active.contains(key));
                 Verdict::Waiting {
-                    recheck_in: timers.next,
+                    recheck_in: clock.timers.next,
                 }
             }
             other => other,
         }
     }
 
-    fn judge(
-        &mut self,
-        now: Instant,
-        timeouts: &Timeouts,
-        job: Option<&Job>,
-        pod: Option<&Pod>,
-        timers: &mut Timers,
-    ) -> Verdict {
+    fn judge(&mut self, clock: &mut Clock<'_>, job: Option<&Job>, pod: Option<&Pod>) -> Verdict {
         match job {
             Some(_) => self.job_seen = true,
             None if self.job_seen => {
@@ -118,42 +115,16 @@ impl Tracker {
             None => {}
         }
         let Some(pod) = pod else {
-            if let Some(reason) = job.and_then(job_failed_condition) {
-                return infrastructure(None, reason);
-            }
-            if self.pod_uid.is_some() {
-                return infrastructure(None, "the job pod was deleted before it finished".to_string());
-            }
-            let waited = now.saturating_duration_since(self.job_created_at);
-            if waited >= timeouts.pod_creation {
-                let detail = job.and_then(job_condition_summary).unwrap_or_default();
-                return infrastructure(
-                    None,
-                    format!(
-                        "no pod was created for the Job within {}{detail} (check ResourceQuota, LimitRange, \
-                         admission webhooks and the job ServiceAccount)",
-                        human(timeouts.pod_creation)
-                    ),
-                );
-            }
-            timers.wait(timeouts.pod_creation - waited);
-            return Verdict::Waiting { recheck_in: None };
+            return self.judge_without_pod(clock, job);
         };
-
-        let uid = pod.metadata.uid.clone();
-        match (&self.pod_uid, &uid) {
-            (None, Some(u)) => self.pod_uid = Some(u.clone()),
-            (Some(first), Some(u)) if first != u => {
-                return infrastructure(
-                    None,
-                    "the job pod was deleted and replaced before it finished".to_string(),
-                );
-            }
-            _ => {}
+        if let Some(verdict) = self.judge_pod_identity(pod) {
+            return verdict;
         }
-
-        let status = pod.status.as_ref();
-        let phase = status.and_then(|s| s.phase.as_deref()).unwrap_or("Pending");
+        let phase = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.phase.as_deref())
+            .unwrap_or("Pending");
         match phase {
             "Succeeded" => return Verdict::Succeeded,
             "Failed" => return Verdict::Failed(failed_pod(pod)),
@@ -166,32 +137,95 @@ impl Tracker {
                     .to_string(),
             );
         }
+        let unschedulable = self.judge_unschedulable(clock, pod);
+        if let Err(verdict) = unschedulable {
+            return verdict;
+        }
+        if let Some(verdict) = self.judge_waiting_containers(clock, pod) {
+            return verdict;
+        }
+        let explained = unschedulable.is_ok_and(|u| u);
+        if phase == "Pending"
+            && !explained
+            && let Some(verdict) = self.judge_pending(clock, pod)
+        {
+            return verdict;
+        }
+        Verdict::Waiting { recheck_in: None }
+    }
 
-        let unschedulable = status
+    /// No pod (yet, or any more): a failed Job, a deleted pod, or the pod-creation timer.
+    fn judge_without_pod(&mut self, clock: &mut Clock<'_>, job: Option<&Job>) -> Verdict {
+        if let Some(reason) = job.and_then(job_failed_condition) {
+            return infrastructure(None, reason);
+        }
+        if self.pod_uid.is_some() {
+            return infrastructure(None, "the job pod was deleted before it finished".to_string());
+        }
+        let limit = clock.timeouts.pod_creation;
+        let waited = clock.now.saturating_duration_since(self.job_created_at);
+        if waited >= limit {
+            let detail = job.and_then(job_condition_summary).unwrap_or_default();
+            return infrastructure(
+                None,
+                format!(
+                    "no pod was created for the Job within {}{detail} (check ResourceQuota, LimitRange, \
+                     admission webhooks and the job ServiceAccount)",
+                    human(limit)
+                ),
+            );
+        }
+        clock.timers.wait(limit - waited);
+        Verdict::Waiting { recheck_in: None }
+    }
+
+    /// Remembers the job's pod; a different pod means ours was deleted and replaced.
+    fn judge_pod_identity(&mut self, pod: &Pod) -> Option<Verdict> {
+        let uid = pod.metadata.uid.clone();
+        match (&self.pod_uid, &uid) {
+            (None, Some(u)) => self.pod_uid = Some(u.clone()),
+            (Some(first), Some(u)) if first != u => {
+                return Some(infrastructure(
+                    None,
+                    "the job pod was deleted and replaced before it finished".to_string(),
+                ));
+            }
+            _ => {}
+        }
+        None
+    }
+
+    /// `Ok(true)` while the scheduler reports the pod unschedulable (its timer running), `Ok(false)`
+    /// when it does not, `Err` once the pending timeout ran out.
+    fn judge_unschedulable(&mut self, clock: &mut Clock<'_>, pod: &Pod) -> Result<bool, Verdict> {
+        let unschedulable = pod
+            .status
+            .as_ref()
             .and_then(|s| s.conditions.as_ref())
             .and_then(|cs| cs.iter().find(|c| c.type_ == "PodScheduled"))
             .filter(|c| c.status == "False");
-        if let Some(cond) = unschedulable {
-            let message = cond.message.clone().unwrap_or_default();
-            if self
-                .timer("unschedulable", now, timeouts.pending, timers)
-                .is_none()
-            {
-                return infrastructure(
-                    None,
-                    format!(
-                        "the pod could not be scheduled within {}: {}",
-                        human(timeouts.pending),
-                        if message.is_empty() {
-                            cond.reason.clone().unwrap_or_default()
-                        } else {
-                            message
-                        }
-                    ),
-                );
-            }
+        let Some(cond) = unschedulable else {
+            return Ok(false);
+        };
+        let limit = clock.timeouts.pending;
+        if self.timer("unschedulable", limit, clock).is_some() {
+            return Ok(true);
         }
+        let message = cond.message.clone().unwrap_or_default();
+        let why = if message.is_empty() {
+            cond.reason.clone().unwrap_or_default()
+        } else {
+            message
+        };
+        Err(infrastructure(
+            None,
+            format!("the pod could not be scheduled within {}: {why}", human(limit)),
+        ))
+    }
 
+    /// Containers that cannot start: a bad image at once, pull and config errors after a timer.
+    fn judge_waiting_containers(&mut self, clock: &mut Clock<'_>, pod: &Pod) -> Option<Verdict> {
+        let limit = clock.timeouts.image_pull;
         for cs in container_statuses(pod) {
             let Some(waiting) = cs.state.as_ref().and_then(|s| s.waiting.as_ref()) else {
                 continue;
@@ -200,74 +234,81 @@ impl Tracker {
             let message = waiting.message.clone().unwrap_or_default();
             match reason {
                 "InvalidImageName" | "ErrImageNeverPull" => {
-                    return Verdict::Failed(Failure {
+                    return Some(Verdict::Failed(Failure {
                         container: Some(cs.name.clone()),
                         reason: format!("image {:?} cannot be used ({reason}): {message}", cs.image),
                         kind: FailureKind::Permanent,
-                    });
+                    }));
                 }
                 "ErrImagePull" | "ImagePullBackOff" => {
-                    let key = format!("pull/{}", cs.name);
-                    if self.timer(&key, now, timeouts.image_pull, timers).is_none() {
-                        return infrastructure(
+                    if self.timer(&format!("pull/{}", cs.name), limit, clock).is_none() {
+                        return Some(infrastructure(
                             Some(cs.name.clone()),
                             format!(
                                 "image {:?} could not be pulled within {} ({reason}): {message}",
                                 cs.image,
-                                human(timeouts.image_pull)
+                                human(limit)
                             ),
-                        );
+                        ));
                     }
                 }
                 "CreateContainerConfigError" | "CreateContainerError" | "RunContainerError" => {
-                    let key = format!("config/{}", cs.name);
-                    if self.timer(&key, now, timeouts.image_pull, timers).is_none() {
-                        return infrastructure(
+                    if self.timer(&format!("config/{}", cs.name), limit, clock).is_none() {
+                        return Some(infrastructure(
                             Some(cs.name.clone()),
                             format!("the container could not be started ({reason}): {message}"),
-                        );
+                        ));
                     }
                 }
                 _ => {}
             }
         }
+        None
+    }
 
-        // NB: a pod running its init containers (the job's steps) is also in phase Pending, so
-        // this timer only runs while no container has started yet and the scheduler has not
-        // already explained the wait (a node that never starts the pod, a stuck volume...).
+    /// A Pending pod that has started no container and that the scheduler has not explained (a
+    /// node that never starts the pod, a stuck volume...).
+    ///
+    /// NB: a pod running its init containers (the job's steps) is also in phase Pending, so this
+    /// timer only runs while no container has started yet.
+    fn judge_pending(&mut self, clock: &mut Clock<'_>, pod: &Pod) -> Option<Verdict> {
         let any_started = container_statuses(pod).any(|cs| {
             cs.state
                 .as_ref()
                 .is_some_and(|s| s.running.is_some() || s.terminated.is_some())
         });
-        if phase == "Pending"
-            && unschedulable.is_none()
-            && !any_started
-            && self.timer("pending", now, timeouts.pending, timers).is_none()
-        {
-            return infrastructure(
-                None,
-                format!(
-                    "the pod stayed Pending without starting a container for more than {}",
-                    human(timeouts.pending)
-                ),
-            );
+        let limit = clock.timeouts.pending;
+        if any_started || self.timer("pending", limit, clock).is_some() {
+            return None;
         }
-        Verdict::Waiting { recheck_in: None }
+        Some(infrastructure(
+            None,
+            format!(
+                "the pod stayed Pending without starting a container for more than {}",
+                human(limit)
+            ),
+        ))
     }
 
     /// Starts or continues the timer `key`; `None` once it has run out, else the time left.
-    fn timer(&mut self, key: &str, now: Instant, limit: Duration, timers: &mut Timers) -> Option<Duration> {
-        let since = *self.first_seen.entry(key.to_string()).or_insert(now);
-        timers.active.push(key.to_string());
-        let elapsed = now.saturating_duration_since(since);
+    fn timer(&mut self, key: &str, limit: Duration, clock: &mut Clock<'_>) -> Option<Duration> {
+        let since = *self.first_seen.entry(key.to_string()).or_insert(clock.now);
+        clock.timers.active.push(key.to_string());
+        let elapsed = clock.now.saturating_duration_since(since);
         if elapsed >= limit {
             return None;
         }
         let left = limit - elapsed;
-        timers.wait(left);
+        clock.timers.wait(left);
         Some(left)
     }
+}
+
+/// One evaluation's view of time: now, the limits, and the timers seen running.
+struct Clock<'t> {
+    now: Instant,
+    timeouts: &'t Timeouts,
+    timers: Timers,
 }
 
 #[derive(Default)]

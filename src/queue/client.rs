@@ -10,6 +10,7 @@ use serde::{Serialize, de::DeserializeOwned};
 
 use super::{
     retry::{RetryPolicy, retry_transient, retry_when},
+    run_key::RunKey,
     types::{
         AddExecutionLogEntryRequest, DequeueRequest, ExecutionLogEntry, HeartbeatRequestMulti,
         HeartbeatRequestV1, HeartbeatResponse, Job, MarkRequest, Secret, UpdateExecutionLogEntryRequest,
@@ -54,18 +55,12 @@ pub struct JobHandle {
 }
 
 impl JobHandle {
-    /// The handle of a dequeued job; `configured_queue` is used when the frontend did not name the
-    /// job's queue (single-queue mode).
-    pub fn for_job(job: &Job, configured_queue: &str) -> Self {
-        let queue = if job.queue.is_empty() {
-            configured_queue
-        } else {
-            &job.queue
-        };
+    /// The routes of the job `key`, authenticated with its job token.
+    pub fn new(key: &RunKey, token: Secret<String>) -> Self {
         Self {
-            id: job.id,
-            queue: queue.to_owned(),
-            token: job.token.clone(),
+            id: key.id,
+            queue: key.queue.clone(),
+            token,
         }
     }
 }

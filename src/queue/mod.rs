@@ -2,7 +2,9 @@
 
 pub mod client;
 pub mod retry;
+pub mod run_key;
 pub mod types;
 
 pub use client::{ClientOptions, JobHandle, MarkOutcome, QueueClient, QueueError};
 pub use retry::RetryPolicy;
+pub use run_key::RunKey;

@@ -1,0 +1,28 @@
+//! What every part of a running executor shares: configuration, clients, the cluster view, events
+//! and the registry of running jobs.
+
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::Api;
+
+use crate::{
+    config::Config,
+    events::Events,
+    job::registry::Registry,
+    k8s::{objects::Objects, watch::ClusterView},
+    queue::client::QueueClient,
+};
+
+/// Everything the loops, the job tasks and the health server need; cheap to clone.
+#[derive(Clone)]
+pub struct Deps {
+    pub config: Arc<Config>,
+    pub queue: QueueClient,
+    pub objects: Objects,
+    pub pods: Api<Pod>,
+    pub view: ClusterView,
+    pub events: Events,
+    pub registry: Registry,
+    pub executor_name: String,
+}

@@ -1,0 +1,261 @@
+//! Container log followers: each started container's log is streamed into its execution log
+//! entry, entries are added in pod order, and each entry is closed with the container's exit code.
+
+use std::time::Duration;
+
+use jiff::Timestamp;
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error};
+
+use crate::{
+    context::Deps,
+    k8s::{
+        failure,
+        logs::{self, ContainerProbe},
+        watch::ClusterView,
+    },
+    log_entry::LogEntryWriter,
+    queue::client::JobHandle,
+    redact::Redactor,
+};
+
+/// A container whose log could not be read, so the job's output is incomplete.
+#[derive(Debug)]
+pub struct UnreadableLog {
+    pub container: String,
+    /// Why the log could not be read, as the follower said it.
+    pub error: String,
+}
+
+impl UnreadableLog {
+    /// The failure reason reported for the job.
+    pub fn reason(&self) -> String {
+        format!("could not read the container log: {}", self.error)
+    }
+}
+
+/// Hands out turns for adding execution log entries, so entries are added in the order their
+/// containers were found started even though each container is followed on its own task.
+///
+/// The frontend (and Sourcegraph's UI and batches backend) keeps entries in the order they were
+/// added; two containers seen starting in one pod update must not race to add theirs.
+#[derive(Default)]
+pub struct EntryOrder {
+    previous: Option<oneshot::Receiver<()>>,
+}
+
+impl EntryOrder {
+    /// The next turn: it may add its entry once every earlier turn has added (or failed to add) its own.
+    pub fn next_turn(&mut self) -> EntryTurn {
+        let (done, next) = oneshot::channel();
+        EntryTurn {
+            after: self.previous.replace(next),
+            done: Some(done),
+        }
+    }
+}
+
+/// One follower's place in [`EntryOrder`].
+pub struct EntryTurn {
+    after: Option<oneshot::Receiver<()>>,
+    done: Option<oneshot::Sender<()>>,
+}
+
+impl EntryTurn {
+    /// Waits until the previous entry was added; a previous follower that ended counts as done.
+    async fn wait(&mut self) {
+        if let Some(after) = self.after.take() {
+            let _ = after.await;
+        }
+    }
+
+    fn done(&mut self) {
+        if let Some(done) = self.done.take() {
+            let _ = done.send(());
+        }
+    }
+}
+
+/// The entry one container's log goes into.
+pub struct EntrySpec {
+    pub key: String,
+    pub command: Vec<String>,
+    pub start_time: Timestamp,
+}
+
+/// Follows one container of a job pod; built by the supervisor when it sees the container start.
+pub struct ContainerFollower {
+    pub deps: Deps,
+    pub handle: JobHandle,
+    pub redactor: Redactor,
+    pub job_name: String,
+    pub pod: String,
+    pub container: String,
+    pub entry: EntrySpec,
+    pub turn: EntryTurn,
+    pub stop: CancellationToken,
+}
+
+impl ContainerFollower {
+    /// Streams the container's log into its entry and closes the entry with the exit code.
+    /// Returns what made the log unreadable, if anything did.
+    pub async fn run(mut self) -> Option<UnreadableLog> {
+        self.turn.wait().await;
+        let opened = LogEntryWriter::open(
+            self.deps.queue.clone(),
+            self.handle.clone(),
+            self.redactor.clone(),
+            &self.entry.key,
+            &self.entry.command,
+            self.entry.start_time,
+            self.deps.config.log_entry_max_bytes,
+            self.deps.events.clone(),
+        )
+        .await;
+        // Whether or not it was added, the next container's entry may now be added.
+        self.turn.done();
+        let writer = match opened {
+            Ok(writer) => writer,
+            Err(error) => {
+                error!(key = %self.entry.key, %error, "could not create the execution log entry");
+                return None;
+            }
+        };
+        debug!(key = %self.entry.key, container = %self.container, "following container log");
+        let (writer, problem) = self.stream_into(writer).await;
+        let exit_code = exit_code_of(&self.deps.view, &self.job_name, &self.container).unwrap_or(1);
+        if let Err(error) = writer.finish(exit_code).await {
+            error!(key = %self.entry.key, %error, "could not send the final log entry update");
+        }
+        problem
+    }
+
+    /// Feeds every log line to `writer`, sending updates while the log grows, until the log ends.
+    async fn stream_into(&self, mut writer: LogEntryWriter) -> (LogEntryWriter, Option<UnreadableLog>) {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+        // The follower owns the only sender: the channel ends after its last line.
+        let follow = self.follow_log(move |line| {
+            let _ = tx.send(line.to_string());
+        });
+        let mut follow = std::pin::pin!(follow);
+        let mut follow_done = false;
+        let mut problem = None;
+        loop {
+            let wait = writer.next_flush_in().unwrap_or(Duration::from_secs(3600));
+            tokio::select! {
+                line = rx.recv() => match line {
+                    Some(line) => writer.push_line(&line),
+                    None => break,
+                },
+                result = &mut follow, if !follow_done => {
+                    follow_done = true;
+                    problem = result.err();
+                }
+                _ = tokio::time::sleep(wait) => writer.flush_if_due().await,
+            }
+        }
+        if let Some(unreadable) = &problem {
+            writer.push_line(&format!("[kube-executor] {}", unreadable.error));
+        }
+        (writer, problem)
+    }
+
+    /// Follows the log, calling `on_line` per line; only a forbidden log makes the output unreadable.
+    async fn follow_log(&self, on_line: impl FnMut(&str) + Send) -> Result<(), UnreadableLog> {
+        let probe = Probe {
+            view: self.deps.view.clone(),
+            job_name: self.job_name.clone(),
+            container: self.container.clone(),
+        };
+        let result = logs::follow(
+            &self.deps.pods,
+            &self.pod,
+            &self.container,
+            &probe,
+            self.deps.view.subscribe(),
+            &self.deps.events,
+            &self.stop,
+            on_line,
+        )
+        .await;
+        match result {
+            Ok(()) => Ok(()),
+            Err(error @ logs::FollowError::Forbidden(_)) => {
+                error!(container = %self.container, %error, "cannot stream the container log; check the executor's Role");
+                Err(UnreadableLog {
+                    container: self.container.clone(),
+                    error: error.to_string(),
+                })
+            }
+            Err(error) => {
+                debug!(container = %self.container, %error, "log follow ended early");
+                Ok(())
+            }
+        }
+    }
+}
+
+/// What the log follower asks about the container while it streams.
+struct Probe {
+    view: ClusterView,
+    job_name: String,
+    container: String,
+}
+
+impl ContainerProbe for Probe {
+    fn terminated(&self) -> bool {
+        self.pod_gone() || exit_code_of(&self.view, &self.job_name, &self.container).is_some()
+    }
+
+    fn pod_gone(&self) -> bool {
+        self.view.pod_for_job(&self.job_name).is_none()
+    }
+}
+
+fn exit_code_of(view: &ClusterView, job_name: &str, container: &str) -> Option<i32> {
+    let pod = view.pod_for_job(job_name)?;
+    failure::container_statuses(&pod)
+        .find(|cs| cs.name == container)
+        .and_then(|cs| cs.state.as_ref()?.terminated.as_ref().map(|t| t.exit_code))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use tokio::task::JoinSet;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn entry_turns_add_in_order_whichever_follower_runs_first() {
+        let mut order = EntryOrder::default();
+        let turns: Vec<EntryTurn> = (0..4).map(|_| order.next_turn()).collect();
+        let added = Arc::new(Mutex::new(Vec::new()));
+        let mut tasks = JoinSet::new();
+        // Spawned last-first: without the turns the last container would add its entry first.
+        for (index, mut turn) in turns.into_iter().enumerate().rev() {
+            let added = added.clone();
+            tasks.spawn(async move {
+                turn.wait().await;
+                added.lock().expect("lock").push(index);
+                turn.done();
+            });
+            tokio::task::yield_now().await;
+        }
+        while tasks.join_next().await.is_some() {}
+        assert_eq!(*added.lock().expect("lock"), [0, 1, 2, 3]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_follower_that_ends_without_adding_does_not_block_the_next() {
+        let mut order = EntryOrder::default();
+        let first = order.next_turn();
+        let mut second = order.next_turn();
+        drop(first);
+        tokio::time::timeout(Duration::from_secs(5), second.wait())
+            .await
+            .expect("the next turn is free once the earlier follower is gone");
+    }
+}

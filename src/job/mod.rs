@@ -1,0 +1,221 @@
+//! One job's life: register → fetch files → create objects → supervise the pod and follow its
+//! logs → teardown → report.
+//!
+//! ```text
+//! run ─ JobRun::execute ─ fetch_files ─ build objects ─ create ─ supervise::Supervisor ─┐
+//!                                                                follow::ContainerFollower (one per container)
+//!     ─ report::teardown ─ report::report ◄──────────────────────────────────────────────┘
+//! ```
+
+mod follow;
+pub mod registry;
+mod report;
+mod supervise;
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, error, info, info_span, warn};
+
+use crate::{
+    context::Deps,
+    events::Event,
+    k8s::{
+        failure::{Failure, FailureKind},
+        job_spec::{self, JobContext, WorkspaceFile},
+        labels,
+    },
+    log_entry,
+    queue::{RunKey, client::JobHandle, types::Job},
+    redact::Redactor,
+    slots::SlotPermit,
+};
+use registry::{RunningJob, StopReason};
+
+/// How long a re-assigned job waits for its stale run here to wind down.
+const REPLACE_STALE_RUN_LIMIT: Duration = Duration::from_secs(120);
+
+/// How a job ended, before it is reported.
+#[derive(Debug)]
+enum Outcome {
+    Succeeded,
+    /// `key` is the execution log entry the failure belongs to.
+    Failed {
+        key: String,
+        failure: Failure,
+    },
+    Stopped(StopReason),
+    TimedOut,
+}
+
+impl Outcome {
+    /// A failure of the workspace setup, before any container ran.
+    fn setup_failed(kind: FailureKind, reason: String) -> Self {
+        Outcome::Failed {
+            key: log_entry::SETUP_KEY.to_string(),
+            failure: Failure {
+                container: None,
+                reason,
+                kind,
+            },
+        }
+    }
+}
+
+/// One run of a dequeued job: what every stage needs, so no stage takes a long parameter list.
+struct JobRun {
+    deps: Deps,
+    key: RunKey,
+    /// Name of the Kubernetes Job (and prefix of its other objects).
+    job_name: String,
+    handle: JobHandle,
+    redactor: Redactor,
+    /// Cancelled when the job must stop early (cancel, abandon, shutdown).
+    stop: CancellationToken,
+    running: Arc<RunningJob>,
+}
+
+/// Runs one dequeued job to the end and reports it. Never panics on runtime errors; every failure
+/// becomes a report to the frontend (or a log line when the frontend cannot be told).
+pub async fn run(deps: Deps, key: RunKey, job: Job, mut permit: SlotPermit, stop: CancellationToken) {
+    let job_name = labels::job_name(&key.queue, key.id);
+    let span = info_span!("job", job_id = key.id, queue = %key.queue, k8s_job = %job_name);
+    async move {
+        if deps.registry.get(&key).is_some() {
+            warn!("the frontend re-assigned a job still running here; stopping the stale run first");
+        }
+        let Some(running) = deps
+            .registry
+            .insert_replacing(&key, stop.clone(), REPLACE_STALE_RUN_LIMIT)
+            .await
+        else {
+            error!(
+                "the stale run of this job did not stop in time; leaving the job to the frontend's resetter"
+            );
+            return;
+        };
+        permit.assign(&job_name);
+        let redactor = Redactor::new(
+            deps.config.frontend_password.expose(),
+            job.redacted_values.expose(),
+        );
+        let run = JobRun {
+            handle: JobHandle::new(&key, job.token.clone()),
+            deps,
+            key,
+            job_name,
+            redactor,
+            stop,
+            running,
+        };
+        run.run_to_end(&job).await;
+        drop(permit);
+    }
+    .instrument(span)
+    .await;
+}
+
+impl JobRun {
+    async fn run_to_end(&self, job: &Job) {
+        self.deps.events.handler_started();
+        let started = Instant::now();
+        info!("job started");
+        if self.deps.config.job_audit_logging {
+            warn!(
+                repository = %job.repository_name,
+                commit = %job.commit,
+                steps = job.docker_steps.len(),
+                files = job.files.len(),
+                "job received (audit)"
+            );
+        }
+        let outcome = self.execute(job).await;
+        let errored = !matches!(outcome, Outcome::Succeeded);
+        self.report(outcome).await;
+        self.deps.registry.remove(&self.key);
+        self.deps.events.handler_finished(started.elapsed(), errored);
+        info!(elapsed_ms = started.elapsed().as_millis() as u64, "job finished");
+    }
+
+    /// Creates the job's objects, supervises the pod to its end and tears the objects down.
+    async fn execute(&self, job: &Job) -> Outcome {
+        let files = match self.fetch_files(job).await {
+            Ok(files) => files,
+            Err(outcome) => return outcome,
+        };
+        let cfg = &self.deps.config;
+        let ctx = JobContext {
+            job,
+            queue: &self.key.queue,
+            executor_name: &self.deps.executor_name,
+            instance_id: &cfg.instance_id,
+            frontend_url: &cfg.frontend_url,
+            files: &files,
+        };
+        let objects = match job_spec::build_job_objects(&ctx, &cfg.kubernetes) {
+            Ok(objects) => objects,
+            Err(error) => return Outcome::setup_failed(FailureKind::Permanent, error.to_string()),
+        };
+        let created_at = Instant::now();
+        let owned = match self.deps.objects.create(&objects).await {
+            Ok(created) => {
+                self.deps.events.record(Event::JobCreated);
+                info!(
+                    replaced_leftovers = created.replaced_leftovers,
+                    "Kubernetes Job created"
+                );
+                created.owned
+            }
+            Err(error) => {
+                let kind = if error.is_permanent() {
+                    FailureKind::Permanent
+                } else {
+                    FailureKind::Infrastructure
+                };
+                return Outcome::setup_failed(kind, error.to_string());
+            }
+        };
+        let outcome = supervise::Supervisor::new(self, &objects.steps, created_at)
+            .run()
+            .await;
+        self.teardown(&objects, owned).await;
+        outcome
+    }
+
+    /// Fetches the workspace files stored on the frontend, with the job token, so the pod never
+    /// needs them; inline files are taken as they are.
+    async fn fetch_files(&self, job: &Job) -> Result<Vec<WorkspaceFile>, Outcome> {
+        let mut files = Vec::with_capacity(job.files.len());
+        for (path, file) in &job.files {
+            let content = match (&file.content, &file.bucket, &file.key) {
+                (Some(content), _, _) => content.clone(),
+                (None, Some(bucket), Some(key)) => self
+                    .deps
+                    .queue
+                    .get_file(&self.handle, bucket, key)
+                    .await
+                    .map_err(|error| {
+                        Outcome::setup_failed(
+                            FailureKind::Infrastructure,
+                            format!("could not fetch workspace file {path:?} from the frontend: {error}"),
+                        )
+                    })?,
+                _ => {
+                    return Err(Outcome::setup_failed(
+                        FailureKind::Permanent,
+                        format!("workspace file {path:?} has neither content nor a bucket and key"),
+                    ));
+                }
+            };
+            files.push(WorkspaceFile {
+                path: path.clone(),
+                content,
+                modified_at: file.modified_at,
+            });
+        }
+        Ok(files)
+    }
+}

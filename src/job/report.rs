@@ -1,0 +1,154 @@
+//! The end of a job: its objects are deleted (with the teardown log entries) and the frontend is
+//! told how it ended.
+
+use std::time::{Duration, Instant};
+
+use jiff::Timestamp;
+use tracing::{debug, error, info, warn};
+
+use super::{JobRun, Outcome, registry::StopReason};
+use crate::{
+    events::Event,
+    k8s::{failure::FailureKind, job_spec::JobObjects},
+    log_entry,
+    queue::{QueueError, client::MarkOutcome},
+};
+
+impl JobRun {
+    /// Deletes the job's objects (unless KUBERNETES_KEEP_JOBS) and records the teardown entries.
+    pub(super) async fn teardown(&self, objects: &JobObjects, owned: bool) {
+        if !self.deps.config.kubernetes.keep_jobs {
+            self.delete_objects(objects, owned).await;
+        }
+        let start = (Timestamp::now(), Instant::now());
+        let line = if self.deps.config.keep_workspaces {
+            "Preserving workspace (EXECUTOR_KEEP_WORKSPACES): it lives in the job pod's volume"
+        } else {
+            "Removing workspace: it lives in the job pod's volume and goes with the pod"
+        };
+        let sent = log_entry::send_complete_entry(
+            &self.deps.queue,
+            &self.handle,
+            log_entry::TEARDOWN_FS_KEY,
+            Vec::new(),
+            &[line.to_string()],
+            0,
+            start,
+        )
+        .await;
+        if let Err(error) = sent {
+            warn!(%error, "could not record the teardown.fs log entry");
+        }
+    }
+
+    async fn delete_objects(&self, objects: &JobObjects, owned: bool) {
+        let start = (Timestamp::now(), Instant::now());
+        let (lines, exit_code) = match self.deps.objects.delete_all(objects, owned).await {
+            Ok(done) => (done, 0),
+            Err(failed) => {
+                let lines: Vec<String> = failed.iter().map(|f| format!("failed to delete {f}")).collect();
+                warn!(failures = ?failed, "teardown incomplete; ttlSecondsAfterFinished and the startup sweep will remove the rest");
+                (lines, 1)
+            }
+        };
+        let command = ["kubectl", "delete", "job", &self.job_name, "--cascade=background"]
+            .map(String::from)
+            .to_vec();
+        let sent = log_entry::send_complete_entry(
+            &self.deps.queue,
+            &self.handle,
+            log_entry::TEARDOWN_JOB_KEY,
+            command,
+            &lines,
+            exit_code,
+            start,
+        )
+        .await;
+        if let Err(error) = sent {
+            warn!(%error, "could not record the teardown log entry");
+        }
+    }
+
+    /// Tells the frontend how the job ended.
+    pub(super) async fn report(&self, outcome: Outcome) {
+        let Some(result) = self.send_mark(&outcome).await else {
+            return;
+        };
+        match result {
+            Ok(MarkOutcome::Recorded) => debug!(?outcome, "reported"),
+            Ok(MarkOutcome::NotOwned) => {
+                warn!("the frontend no longer considers this job ours (404); result not recorded")
+            }
+            Err(error) => error!(%error, "could not report the job's result to the frontend"),
+        }
+    }
+
+    /// Records the outcome's event and sends its mark; `None` when the job is not to be reported.
+    async fn send_mark(&self, outcome: &Outcome) -> Option<Result<MarkOutcome, QueueError>> {
+        let (events, queue, handle, job_name) =
+            (&self.deps.events, &self.deps.queue, &self.handle, &self.job_name);
+        let result = match outcome {
+            Outcome::Succeeded => {
+                events.record(Event::JobSucceeded);
+                queue.mark_complete(handle).await
+            }
+            Outcome::Failed { key, failure } => {
+                let message = format!(
+                    "running command {key:?}: job {job_name} failed: {}",
+                    failure.reason
+                );
+                info!(%message, "job failed");
+                match failure.kind {
+                    FailureKind::StepFailed => {
+                        events.record(Event::JobStepFailed);
+                        queue.mark_errored(handle, &message).await
+                    }
+                    FailureKind::Infrastructure => {
+                        events.record(Event::JobInfrastructureFailed);
+                        queue.mark_errored(handle, &message).await
+                    }
+                    FailureKind::Permanent => {
+                        events.record(Event::JobPermanentlyFailed);
+                        queue.mark_failed(handle, &message).await
+                    }
+                }
+            }
+            Outcome::Stopped(StopReason::Canceled) => {
+                events.record(Event::JobCanceled);
+                queue.mark_failed(handle, "job was canceled").await
+            }
+            Outcome::Stopped(StopReason::Abandoned) => {
+                events.record(Event::JobAbandoned);
+                info!("the frontend no longer knows this job; not reporting it");
+                return None;
+            }
+            Outcome::Stopped(StopReason::Shutdown) => {
+                events.record(Event::JobInterruptedByShutdown);
+                let message =
+                    format!("job {job_name} was stopped because the executor shut down; it will be retried");
+                queue.mark_errored(handle, &message).await
+            }
+            Outcome::TimedOut => {
+                events.record(Event::JobTimedOut);
+                let limit = format_go_duration(self.deps.config.maximum_runtime_per_job);
+                let message =
+                    format!("job {job_name} failed: job exceeded maximum execution time of {limit}");
+                queue.mark_errored(handle, &message).await
+            }
+        };
+        Some(result)
+    }
+}
+
+/// Formats like Go's `time.Duration.String()` (e.g. `30m0s`), as Sourcegraph's messages do.
+pub fn format_go_duration(d: Duration) -> String {
+    let total = d.as_secs();
+    let (h, m, s) = (total / 3600, (total % 3600) / 60, total % 60);
+    if h > 0 {
+        format!("{h}h{m}m{s}s")
+    } else if m > 0 {
+        format!("{m}m{s}s")
+    } else {
+        format!("{s}s")
+    }
+}
