@@ -162,9 +162,7 @@ pub fn build_job_objects(ctx: &JobContext<'_>, cfg: &KubernetesConfig) -> Result
         cfg,
         secret: &secret,
         pvc_name: pvc.as_ref().map(|_| labels::pvc_name(&meta.name)),
-        pull_secret_name: pull_secret
-            .as_ref()
-            .map(|pull| pull.metadata.name.clone().unwrap_or_default()),
+        pull_secret_name: pull_secret.as_ref().map(|_| labels::pull_secret_name(&meta.name)),
     };
     let setup_program = setup_program(ctx, cfg, &repository_dir, secret.staged());
     let kube_job = meta.job(pod.spec(&setup_program, &steps));

@@ -728,6 +728,16 @@ fn invalid_instance_id_or_queue_is_rejected() {
 }
 
 #[test]
+fn log_entry_keys_come_from_the_shared_definitions() {
+    let objects = build(&batches_job(), &[], &test_config()).expect("buildable");
+    let keys: Vec<&str> = objects.steps.iter().map(|s| s.key.as_str()).collect();
+    assert_eq!(keys.first(), Some(&SETUP_ENTRY_KEY));
+    assert_eq!(keys.last(), Some(&MAIN_ENTRY_KEY));
+    assert_eq!(keys[1], step_entry_key("step.0.pre"));
+    assert_eq!(step_entry_key("0"), "step.kubernetes.0");
+}
+
+#[test]
 fn container_names_map_back_to_log_entries() {
     let objects = build(&batches_job(), &[], &test_config()).expect("buildable");
     let (key, command) = entry_for_container(&objects.steps, "setup-workspace");
