@@ -14,8 +14,6 @@ use crate::{
     redact::Redactor,
 };
 
-/// Key of the workspace setup entry, also used for failures before any container ran.
-pub const SETUP_KEY: &str = "setup.workspace";
 /// Key of the entry recording the deletion of the job's Kubernetes objects.
 pub const TEARDOWN_JOB_KEY: &str = "teardown.kubernetes.job";
 /// Key of the entry recording what became of the workspace.

@@ -28,7 +28,6 @@ use crate::{
         job_spec::{self, JobContext, WorkspaceFile},
         labels,
     },
-    log_entry,
     queue::{RunKey, client::JobHandle, types::Job},
     redact::Redactor,
     slots::SlotPermit,
@@ -55,7 +54,7 @@ impl Outcome {
     /// A failure of the workspace setup, before any container ran.
     fn setup_failed(kind: FailureKind, reason: String) -> Self {
         Outcome::Failed {
-            key: log_entry::SETUP_KEY.to_string(),
+            key: job_spec::SETUP_ENTRY_KEY.to_string(),
             failure: Failure {
                 container: None,
                 reason,

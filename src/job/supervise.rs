@@ -21,9 +21,8 @@ use crate::{
     events::Event,
     k8s::{
         failure::{self, Failure, FailureKind, Timeouts, Tracker, Verdict},
-        job_spec::StepSpec,
+        job_spec::{self, StepSpec},
     },
-    log_entry,
 };
 
 /// How long followers of a finished pod get to read its logs to the end.
@@ -139,7 +138,7 @@ impl<'a> Supervisor<'a> {
             if !self.following.insert(cs.name.clone()) {
                 continue;
             }
-            let step = self.steps.iter().find(|s| s.container_name == cs.name);
+            let (key, command) = job_spec::entry_for_container(self.steps, &cs.name);
             let follower = ContainerFollower {
                 deps: self.run.deps.clone(),
                 handle: self.run.handle.clone(),
@@ -148,8 +147,8 @@ impl<'a> Supervisor<'a> {
                 pod: pod_name.clone(),
                 container: cs.name.clone(),
                 entry: EntrySpec {
-                    key: self.entry_key(&cs.name),
-                    command: step.map(|s| s.command.clone()).unwrap_or_default(),
+                    key: key.into_owned(),
+                    command: command.to_vec(),
                     start_time: started_at(cs),
                 },
                 turn: self.entry_order.next_turn(),
@@ -191,10 +190,9 @@ impl<'a> Supervisor<'a> {
 
     /// The entry key of a container of this pod.
     fn entry_key(&self, container: &str) -> String {
-        self.steps
-            .iter()
-            .find(|s| s.container_name == container)
-            .map_or_else(|| container.to_string(), |s| s.key.clone())
+        job_spec::entry_for_container(self.steps, container)
+            .0
+            .into_owned()
     }
 
     /// The key of the first container that has not completed: what could not run.
@@ -216,7 +214,7 @@ impl<'a> Supervisor<'a> {
             .iter()
             .find(|s| !completed.contains(s.container_name.as_str()))
             .or(self.steps.first())
-            .map_or_else(|| log_entry::SETUP_KEY.to_string(), |s| s.key.clone())
+            .map_or_else(|| job_spec::SETUP_ENTRY_KEY.to_string(), |s| s.key.clone())
     }
 }
 

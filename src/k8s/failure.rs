@@ -240,25 +240,25 @@ impl Tracker {
                         kind: FailureKind::Permanent,
                     }));
                 }
-                "ErrImagePull" | "ImagePullBackOff" => {
-                    if self.timer(&format!("pull/{}", cs.name), limit, clock).is_none() {
-                        return Some(infrastructure(
-                            Some(cs.name.clone()),
-                            format!(
-                                "image {:?} could not be pulled within {} ({reason}): {message}",
-                                cs.image,
-                                human(limit)
-                            ),
-                        ));
-                    }
+                "ErrImagePull" | "ImagePullBackOff"
+                    if self.timer(&format!("pull/{}", cs.name), limit, clock).is_none() =>
+                {
+                    return Some(infrastructure(
+                        Some(cs.name.clone()),
+                        format!(
+                            "image {:?} could not be pulled within {} ({reason}): {message}",
+                            cs.image,
+                            human(limit)
+                        ),
+                    ));
                 }
-                "CreateContainerConfigError" | "CreateContainerError" | "RunContainerError" => {
-                    if self.timer(&format!("config/{}", cs.name), limit, clock).is_none() {
-                        return Some(infrastructure(
-                            Some(cs.name.clone()),
-                            format!("the container could not be started ({reason}): {message}"),
-                        ));
-                    }
+                "CreateContainerConfigError" | "CreateContainerError" | "RunContainerError"
+                    if self.timer(&format!("config/{}", cs.name), limit, clock).is_none() =>
+                {
+                    return Some(infrastructure(
+                        Some(cs.name.clone()),
+                        format!("the container could not be started ({reason}): {message}"),
+                    ));
                 }
                 _ => {}
             }
