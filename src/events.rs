@@ -97,11 +97,6 @@ impl Events {
         *self.lock().events.entry(event).or_default() += 1;
     }
 
-    /// How often `event` happened.
-    pub fn count(&self, event: Event) -> u64 {
-        self.lock().events.get(&event).copied().unwrap_or(0)
-    }
-
     /// A job handler started.
     pub fn handler_started(&self) {
         self.lock().running += 1;
@@ -124,11 +119,6 @@ impl Events {
         }
     }
 
-    /// Jobs being handled right now.
-    pub fn running(&self) -> u64 {
-        self.lock().running
-    }
-
     /// All event counts, by label.
     pub fn snapshot(&self) -> BTreeMap<&'static str, u64> {
         self.lock().events.iter().map(|(e, n)| (e.label(), *n)).collect()
@@ -137,88 +127,68 @@ impl Events {
     /// Prometheus text exposition, with Sourcegraph's executor metric names where they exist.
     /// `queue` is the queue label: the queue name, or the sorted names joined with `_`.
     pub fn render_prometheus(&self, queue: &str, slots_max: usize, slots_used: usize) -> String {
-        use std::fmt::Write as _;
         let c = self.lock();
-        let q = escape(queue);
-        let mut out = String::new();
-        let _ = writeln!(out, "# HELP src_executor_processor_total Job handler executions.");
-        let _ = writeln!(out, "# TYPE src_executor_processor_total counter");
-        let _ = writeln!(
-            out,
-            "src_executor_processor_total{{queue=\"{q}\",op=\"Handle\"}} {}",
-            c.handled
+        let q = format!("queue=\"{}\"", escape(queue));
+        let handle = format!("{q},op=\"Handle\"");
+        let mut out = Exposition::default();
+        out.family(
+            "src_executor_processor_total",
+            "counter",
+            "Job handler executions.",
         );
-        let _ = writeln!(
-            out,
-            "# HELP src_executor_processor_errors_total Job handler executions that failed."
+        out.sample("src_executor_processor_total", &handle, c.handled);
+        out.family(
+            "src_executor_processor_errors_total",
+            "counter",
+            "Job handler executions that failed.",
         );
-        let _ = writeln!(out, "# TYPE src_executor_processor_errors_total counter");
-        let _ = writeln!(
-            out,
-            "src_executor_processor_errors_total{{queue=\"{q}\",op=\"Handle\"}} {}",
-            c.handled_errors
-        );
-        let _ = writeln!(
-            out,
-            "# HELP src_executor_processor_duration_seconds Job handler duration."
-        );
-        let _ = writeln!(out, "# TYPE src_executor_processor_duration_seconds histogram");
+        out.sample("src_executor_processor_errors_total", &handle, c.handled_errors);
+        let duration = "src_executor_processor_duration_seconds";
+        out.family(duration, "histogram", "Job handler duration.");
+        let bucket = format!("{duration}_bucket");
         for (bound, n) in DURATION_BUCKETS.iter().zip(c.duration_buckets.iter()) {
-            let _ = writeln!(
-                out,
-                "src_executor_processor_duration_seconds_bucket{{queue=\"{q}\",op=\"Handle\",le=\"{bound}\"}} {n}"
-            );
+            out.sample(&bucket, &format!("{handle},le=\"{bound}\""), n);
         }
-        let _ = writeln!(
-            out,
-            "src_executor_processor_duration_seconds_bucket{{queue=\"{q}\",op=\"Handle\",le=\"+Inf\"}} {}",
-            c.handled
+        out.sample(&bucket, &format!("{handle},le=\"+Inf\""), c.handled);
+        out.sample(&format!("{duration}_sum"), &handle, c.duration_sum);
+        out.sample(&format!("{duration}_count"), &handle, c.handled);
+        out.family("src_executor_processor_handlers", "gauge", "Jobs being handled.");
+        out.sample("src_executor_processor_handlers", &q, c.running);
+        out.family(
+            "kube_executor_slots",
+            "gauge",
+            "Job slots (EXECUTOR_MAXIMUM_NUM_JOBS) and slots in use.",
         );
-        let _ = writeln!(
-            out,
-            "src_executor_processor_duration_seconds_sum{{queue=\"{q}\",op=\"Handle\"}} {}",
-            c.duration_sum
-        );
-        let _ = writeln!(
-            out,
-            "src_executor_processor_duration_seconds_count{{queue=\"{q}\",op=\"Handle\"}} {}",
-            c.handled
-        );
-        let _ = writeln!(out, "# HELP src_executor_processor_handlers Jobs being handled.");
-        let _ = writeln!(out, "# TYPE src_executor_processor_handlers gauge");
-        let _ = writeln!(
-            out,
-            "src_executor_processor_handlers{{queue=\"{q}\"}} {}",
-            c.running
-        );
-        let _ = writeln!(
-            out,
-            "# HELP kube_executor_slots Job slots (EXECUTOR_MAXIMUM_NUM_JOBS) and slots in use."
-        );
-        let _ = writeln!(out, "# TYPE kube_executor_slots gauge");
-        let _ = writeln!(
-            out,
-            "kube_executor_slots{{queue=\"{q}\",state=\"total\"}} {slots_max}"
-        );
-        let _ = writeln!(
-            out,
-            "kube_executor_slots{{queue=\"{q}\",state=\"used\"}} {slots_used}"
-        );
-        let _ = writeln!(out, "# HELP kube_executor_events_total Job lifecycle events.");
-        let _ = writeln!(out, "# TYPE kube_executor_events_total counter");
+        out.sample("kube_executor_slots", &format!("{q},state=\"total\""), slots_max);
+        out.sample("kube_executor_slots", &format!("{q},state=\"used\""), slots_used);
+        out.family("kube_executor_events_total", "counter", "Job lifecycle events.");
         for (event, n) in &c.events {
-            let _ = writeln!(
-                out,
-                "kube_executor_events_total{{queue=\"{q}\",event=\"{}\"}} {n}",
-                event.label()
-            );
+            let labels = format!("{q},event=\"{}\"", event.label());
+            out.sample("kube_executor_events_total", &labels, n);
         }
-        out
+        out.text
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Counts> {
         // NB: counters stay meaningful even if a holder panicked; never held across an await.
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Prometheus text format 0.0.4, one family header and sample line at a time.
+#[derive(Default)]
+struct Exposition {
+    text: String,
+}
+
+impl Exposition {
+    fn family(&mut self, name: &str, kind: &str, help: &str) {
+        self.text
+            .push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
+    }
+
+    fn sample(&mut self, name: &str, labels: &str, value: impl std::fmt::Display) {
+        self.text.push_str(&format!("{name}{{{labels}}} {value}\n"));
     }
 }
 
@@ -240,7 +210,7 @@ mod tests {
         events.record(Event::JobDequeued);
         events.handler_started();
         events.handler_finished(Duration::from_secs(45), true);
-        assert_eq!(events.count(Event::JobDequeued), 2);
+        assert_eq!(events.snapshot().get("job_dequeued"), Some(&2));
         let text = events.render_prometheus("batches", 4, 1);
         assert!(text.contains("src_executor_processor_total{queue=\"batches\",op=\"Handle\"} 1"));
         assert!(text.contains("src_executor_processor_errors_total{queue=\"batches\",op=\"Handle\"} 1"));

@@ -8,17 +8,20 @@
 //! `main.rs` only wires configuration and signals into [`run`].
 
 pub mod config;
-pub mod context;
-pub mod events;
-pub mod health;
-pub mod job;
-pub mod k8s;
-pub mod log_entry;
+mod context;
+mod events;
+mod health;
+mod job;
+mod k8s;
+mod log_entry;
 pub mod queue;
-pub mod redact;
-pub mod runner;
-pub mod slots;
-pub mod telemetry;
+mod redact;
+mod runner;
+mod slots;
+mod telemetry;
+
+pub use runner::Shutdown;
+pub use telemetry::{BUILD_VERSION, init_logging};
 
 use std::{collections::HashSet, sync::Arc};
 
@@ -33,7 +36,7 @@ use crate::{
     job::registry::Registry,
     k8s::{labels, objects::Objects, watch::ClusterView},
     queue::client::{ClientOptions, QueueClient},
-    runner::{FrontendStatus, Shutdown},
+    runner::FrontendStatus,
     slots::Slots,
     telemetry::SystemInfo,
 };

@@ -140,11 +140,6 @@ impl LogEntryWriter {
             .update_execution_log_entry(&self.job, self.id, &self.entry)
             .await
     }
-
-    /// The entry key.
-    pub fn key(&self) -> &str {
-        &self.entry.key
-    }
 }
 
 /// Sends a finished entry in one call (used for teardown entries, which have no live output).

@@ -2,13 +2,13 @@
 
 use std::process::ExitCode;
 
-use kube_executor::{RunError, config::Config, runner::Shutdown};
+use kube_executor::{RunError, Shutdown, config::Config};
 
 fn main() -> ExitCode {
     match std::env::args().nth(1).as_deref() {
         None | Some("run") => {}
         Some("version" | "--version") => {
-            println!("kube-executor {}", kube_executor::telemetry::BUILD_VERSION);
+            println!("kube-executor {}", kube_executor::BUILD_VERSION);
             return ExitCode::SUCCESS;
         }
         Some(other) => {
@@ -25,7 +25,7 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    kube_executor::telemetry::init_logging(&config);
+    kube_executor::init_logging(&config);
     // Both HTTP clients use rustls; pick its crypto provider once for the process.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {

@@ -69,8 +69,6 @@ pub struct Objects {
 /// What creation produced.
 #[derive(Debug)]
 pub struct Created {
-    /// The Job as the API server returned it (with its UID).
-    pub job: Job,
     /// Leftovers of an earlier run of the same job that had to be removed first.
     pub replaced_leftovers: usize,
     /// Whether the Job owns all its Secrets and PVC (then they go with it, no delete needed).
@@ -121,8 +119,7 @@ impl Objects {
             Err(error) => Err(error),
         };
         match result {
-            Ok((job, owned)) => Ok(Created {
-                job,
+            Ok((_job, owned)) => Ok(Created {
                 replaced_leftovers: replaced,
                 owned,
             }),
