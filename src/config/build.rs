@@ -88,11 +88,6 @@ fn kubernetes(env: &Env, p: &mut Parser<'_>) -> KubernetesConfig {
     let (request_cpu, limit_cpu) = request_and_limit(env, p, REQUEST_CPU, LIMIT_CPU);
     let (request_memory, limit_memory) = request_and_limit(env, p, REQUEST_MEMORY, LIMIT_MEMORY);
     let keep_jobs = p.bool(env.var("KUBERNETES_KEEP_JOBS"));
-    let pull_policies = [
-        ("Always", "Always"),
-        ("Never", "Never"),
-        ("IfNotPresent", "IfNotPresent"),
-    ];
     let ttl = p.int_as::<i32>(env.var("KUBERNETES_JOB_TTL_SECONDS_AFTER_FINISHED"), 0, MAX_ID);
     KubernetesConfig {
         config_path: p.string(env.var("EXECUTOR_KUBERNETES_CONFIG_PATH")),
@@ -112,12 +107,10 @@ fn kubernetes(env: &Env, p: &mut Parser<'_>) -> KubernetesConfig {
         ),
         pod_affinity: pod_affinity_terms(p, env.var("EXECUTOR_KUBERNETES_POD_AFFINITY")),
         pod_anti_affinity: pod_affinity_terms(p, env.var("EXECUTOR_KUBERNETES_POD_ANTI_AFFINITY")),
-        tolerations: p
-            .json(
-                env.var("EXECUTOR_KUBERNETES_NODE_TOLERATIONS"),
-                "array of Toleration",
-            )
-            .unwrap_or_default(),
+        tolerations: p.json(
+            env.var("EXECUTOR_KUBERNETES_NODE_TOLERATIONS"),
+            "array of Toleration",
+        ),
         request_cpu,
         request_memory,
         limit_cpu,
@@ -129,42 +122,24 @@ fn kubernetes(env: &Env, p: &mut Parser<'_>) -> KubernetesConfig {
         run_as_user: p.id(env.var("KUBERNETES_RUN_AS_USER"), "UID"),
         run_as_group: p.id(env.var("KUBERNETES_RUN_AS_GROUP"), "GID"),
         fs_group: p.id(env.var("KUBERNETES_FS_GROUP"), "GID"),
-        job_annotations: p
-            .json(env.var("KUBERNETES_JOB_ANNOTATIONS"), "object of string values")
-            .unwrap_or_default(),
-        pod_annotations: p
-            .json(
-                env.var("KUBERNETES_JOB_POD_ANNOTATIONS"),
-                "object of string values",
-            )
-            .unwrap_or_default(),
+        job_annotations: p.json(env.var("KUBERNETES_JOB_ANNOTATIONS"), "object of string values"),
+        pod_annotations: p.json(
+            env.var("KUBERNETES_JOB_POD_ANNOTATIONS"),
+            "object of string values",
+        ),
         image_pull_secrets: image_pull_secrets(p, env.var("KUBERNETES_IMAGE_PULL_SECRETS")),
-        image_pull_policy: p
-            .choice(
-                env.var("KUBERNETES_IMAGE_PULL_POLICY"),
-                &pull_policies,
-                "IfNotPresent",
-            )
-            .to_owned(),
+        image_pull_policy: image_pull_policy(p, env.var("KUBERNETES_IMAGE_PULL_POLICY")),
         step_image: image_reference(
             p,
             env.var_with_fallback("KUBERNETES_JOB_STEP_IMAGE", "KUBERNETES_SINGLE_JOB_STEP_IMAGE"),
         ),
-        volume_type: p.choice(
-            env.var("KUBERNETES_JOB_VOLUME_TYPE"),
-            &[("emptyDir", VolumeType::EmptyDir), ("pvc", VolumeType::Pvc)],
-            VolumeType::EmptyDir,
-        ),
+        volume_type: volume_type(p, env.var("KUBERNETES_JOB_VOLUME_TYPE")),
         volume_size: volume_size(p, env.var("KUBERNETES_JOB_VOLUME_SIZE")),
-        additional_volumes: p
-            .json(env.var("KUBERNETES_ADDITIONAL_JOB_VOLUMES"), "array of Volume")
-            .unwrap_or_default(),
-        additional_volume_mounts: p
-            .json(
-                env.var("KUBERNETES_ADDITIONAL_JOB_VOLUME_MOUNTS"),
-                "array of VolumeMount",
-            )
-            .unwrap_or_default(),
+        additional_volumes: p.json(env.var("KUBERNETES_ADDITIONAL_JOB_VOLUMES"), "array of Volume"),
+        additional_volume_mounts: p.json(
+            env.var("KUBERNETES_ADDITIONAL_JOB_VOLUME_MOUNTS"),
+            "array of VolumeMount",
+        ),
         git_ca_cert: p.string(env.var("KUBERNETES_GIT_CA_CERT")),
         host_network: p.bool(env.var("KUBERNETES_JOB_HOST_NETWORK")),
         job_service_account: p.dns_subdomain(env.var("KUBERNETES_JOB_SERVICE_ACCOUNT")),
@@ -219,6 +194,20 @@ fn request_and_limit(
     let limit = p.quantity(limit_var).flatten();
     check_request_within_limit(p, (request_var, &request), (limit_var, &limit));
     (request, limit)
+}
+
+fn image_pull_policy(p: &mut Parser<'_>, var: Var<'_>) -> String {
+    let policies = [
+        ("Always", "Always"),
+        ("Never", "Never"),
+        ("IfNotPresent", "IfNotPresent"),
+    ];
+    p.choice(var, &policies, "IfNotPresent").to_owned()
+}
+
+fn volume_type(p: &mut Parser<'_>, var: Var<'_>) -> VolumeType {
+    let types = [("emptyDir", VolumeType::EmptyDir), ("pvc", VolumeType::Pvc)];
+    p.choice(var, &types, VolumeType::EmptyDir)
 }
 
 fn volume_size(p: &mut Parser<'_>, var: Var<'_>) -> Quantity {
@@ -515,9 +504,7 @@ fn node_selector(p: &mut Parser<'_>, var: Var<'_>) -> BTreeMap<String, String> {
 const REQUIREMENT_OPERATORS: [&str; 6] = ["In", "NotIn", "Exists", "DoesNotExist", "Gt", "Lt"];
 
 fn node_requirements(p: &mut Parser<'_>, var: Var<'_>) -> Vec<NodeSelectorRequirement> {
-    let requirements: Vec<NodeSelectorRequirement> = p
-        .json(var, "array of NodeSelectorRequirement")
-        .unwrap_or_default();
+    let requirements: Vec<NodeSelectorRequirement> = p.json(var, "array of NodeSelectorRequirement");
     for (index, requirement) in requirements.iter().enumerate() {
         if requirement.key.is_empty() {
             p.problem(&var, format_args!("entry {index} has an empty key"));
@@ -537,7 +524,7 @@ fn node_requirements(p: &mut Parser<'_>, var: Var<'_>) -> Vec<NodeSelectorRequir
 }
 
 fn pod_affinity_terms(p: &mut Parser<'_>, var: Var<'_>) -> Vec<PodAffinityTerm> {
-    let terms: Vec<PodAffinityTerm> = p.json(var, "array of PodAffinityTerm").unwrap_or_default();
+    let terms: Vec<PodAffinityTerm> = p.json(var, "array of PodAffinityTerm");
     for (index, term) in terms.iter().enumerate() {
         // Kubernetes rejects an empty topologyKey, which would fail every Job at creation.
         if term.topology_key.is_empty() {

@@ -9,7 +9,7 @@ pub struct Variable {
     pub description: &'static str,
 }
 
-/// Keeps the tables below one line per field.
+/// Shorthand that keeps the tables below readable.
 const fn var(name: &'static str, default: &'static str, description: &'static str) -> Variable {
     Variable {
         name,
@@ -19,7 +19,8 @@ const fn var(name: &'static str, default: &'static str, description: &'static st
 }
 
 /// Every variable of the configuration contract, in documentation order: Sourcegraph's executor
-/// variables first, then kube-executor's own. Defaults here are the ones [`Config::from_vars`] applies.
+/// variables first, then kube-executor's own. Defaults here are the ones
+/// [`Config::from_vars`](super::Config::from_vars) applies.
 pub const VARIABLES: &[Variable] = &[
     var(
         "EXECUTOR_FRONTEND_URL",

@@ -1,6 +1,6 @@
 //! Configuration from environment variables: Sourcegraph's executor variables plus kube-executor's own.
 //!
-//! The variables are listed once, in [`VARIABLES`] and [`IGNORED_VARIABLES`] (`catalogue`); the
+//! The variables are listed once, in [`VARIABLES`] and `IGNORED_VARIABLES` (`catalogue`); the
 //! environment is read by those names only. `parser` holds the rules every variable shares (empty
 //! means unset, `NAME_executor` overrides `NAME`, defaults from the catalogue) and collects every
 //! problem instead of stopping at the first; `build` turns the values into [`Config`]. Go's
@@ -219,7 +219,7 @@ impl Config {
     /// Reads the configuration from `(name, value)` pairs.
     ///
     /// Empty values count as unset, `NAME_executor` overrides `NAME`, and names outside
-    /// [`VARIABLES`] and [`IGNORED_VARIABLES`] are not read.
+    /// [`VARIABLES`] and `IGNORED_VARIABLES` are not read.
     ///
     /// # Errors
     /// All problems found, each naming its variable; the frontend password is never quoted.

@@ -328,16 +328,15 @@ impl<'e> Parser<'e> {
         }
     }
 
-    /// A JSON document of type `T`; `None` when unset or invalid.
-    pub(super) fn json<T: DeserializeOwned>(&mut self, var: Var<'_>, shape: &str) -> Option<T> {
-        let value = var.value?;
-        match serde_json::from_str(value) {
-            Ok(parsed) => Some(parsed),
-            Err(error) => {
-                self.invalid(&var, value, format_args!("is not a valid JSON {shape}: {error}"));
-                None
-            }
-        }
+    /// A JSON document of type `T`; empty (`T::default()`) when unset or invalid.
+    pub(super) fn json<T: DeserializeOwned + Default>(&mut self, var: Var<'_>, shape: &str) -> T {
+        let Some(value) = var.value else {
+            return T::default();
+        };
+        serde_json::from_str(value).unwrap_or_else(|error| {
+            self.invalid(&var, value, format_args!("is not a valid JSON {shape}: {error}"));
+            T::default()
+        })
     }
 
     /// One of `choices`, compared exactly.
