@@ -1,4 +1,5 @@
-//! Label and annotation keys kube-executor puts on its objects, and the names it gives those objects.
+//! Label and annotation keys kube-executor puts on its objects, the names it gives those objects, and
+//! Kubernetes' rules for label values and DNS names, which configuration checks use too.
 
 use std::collections::BTreeMap;
 
@@ -76,12 +77,27 @@ pub fn is_valid_label_value(value: &str) -> bool {
         && bytes.last().is_some_and(u8::is_ascii_alphanumeric)
 }
 
-/// Whether `name` is an RFC 1123 DNS label (container names, Job names that also serve as label
-/// values): 1–63 characters of lowercase alphanumerics and `-`, starting and ending alphanumeric.
+/// Whether `name` is an RFC 1123 DNS label (namespaces, container names, Job names that also serve
+/// as label values): 1–63 characters of lowercase alphanumerics and `-`, starting and ending
+/// alphanumeric.
 pub fn is_dns_label(name: &str) -> bool {
-    let bytes = name.as_bytes();
-    !name.is_empty()
-        && name.len() <= MAX_LABEL_VALUE_LEN
+    name.len() <= MAX_LABEL_VALUE_LEN && is_dns_part(name)
+}
+
+/// Longest RFC 1123 DNS subdomain.
+const MAX_DNS_SUBDOMAIN_LEN: usize = 253;
+
+/// Whether `name` is an RFC 1123 DNS subdomain (node, ServiceAccount and Secret names): at most 253
+/// characters of dot-separated parts, each lowercase alphanumerics and `-`, starting and ending
+/// alphanumeric.
+pub(crate) fn is_dns_subdomain(name: &str) -> bool {
+    name.len() <= MAX_DNS_SUBDOMAIN_LEN && name.split('.').all(is_dns_part)
+}
+
+/// One non-empty part of a DNS name, of any length.
+fn is_dns_part(part: &str) -> bool {
+    let bytes = part.as_bytes();
+    !part.is_empty()
         && bytes
             .iter()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
@@ -140,5 +156,41 @@ mod tests {
         assert!(!is_dns_label("a.b"));
         assert!(!is_dns_label("trailing-"));
         assert!(!is_dns_label(""));
+    }
+
+    /// Moved from the configuration's checks, which used to have their own copies.
+    #[test]
+    fn label_values_and_dns_names() {
+        for value in ["a", "executor", "sg-executor_batches.1", "A1", &"x".repeat(63)] {
+            assert!(is_valid_label_value(value), "{value}");
+        }
+        for value in ["-a", "a-", "a b", "a/b", &"x".repeat(64)] {
+            assert!(!is_valid_label_value(value), "{value:?}");
+        }
+        assert!(is_dns_label("default"));
+        assert!(!is_dns_label("a.b"));
+        assert!(is_dns_subdomain("a.b"));
+        assert!(!is_dns_label("Default"));
+    }
+
+    #[test]
+    fn dns_subdomain_rules() {
+        for name in ["node-a.example", "job-runner", "a", "1.2.3", &"a".repeat(253)] {
+            assert!(is_dns_subdomain(name), "{name}");
+        }
+        // Every dot-separated part must be a label of its own.
+        for name in [
+            "",
+            "a..b",
+            ".a",
+            "a.",
+            "a.-b",
+            "a-.b",
+            "A.b",
+            "a_b",
+            &"a".repeat(254),
+        ] {
+            assert!(!is_dns_subdomain(name), "{name:?}");
+        }
     }
 }

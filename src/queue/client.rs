@@ -696,28 +696,85 @@ fn install_tls_provider() {
 }
 
 fn parse_frontend_url(raw: &str) -> Result<Url, QueueError> {
-    let invalid = |reason: &str| QueueError::InvalidUrl {
-        url: raw.to_owned(),
-        reason: reason.to_owned(),
-    };
-    let url = Url::parse(raw.trim_end_matches('/')).map_err(|err| invalid(&err.to_string()))?;
-    if !matches!(url.scheme(), "http" | "https") {
-        return Err(invalid("the scheme must be http or https"));
-    }
-    if url.cannot_be_a_base() || url.host_str().is_none_or(str::is_empty) {
-        return Err(invalid("it has no host"));
-    }
-    if !url.username().is_empty() || url.password().is_some() {
+    parse_http_url(raw.trim_end_matches('/')).map_err(|error| match error {
         // Such credentials would show in error messages; the password has its own setting.
-        return Err(QueueError::InvalidUrl {
+        HttpUrlError::UserInfo => QueueError::InvalidUrl {
             url: "[redacted: the URL contains credentials]".to_owned(),
             reason: "it must not contain credentials; set EXECUTOR_FRONTEND_PASSWORD instead".to_owned(),
-        });
+        },
+        HttpUrlError::Invalid(reason) => QueueError::InvalidUrl {
+            url: raw.to_owned(),
+            reason,
+        },
+    })
+}
+
+/// Why [`parse_http_url`] rejected a URL.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum HttpUrlError {
+    /// The URL has `user[:password]@`; the caller must not quote it.
+    UserInfo,
+    Invalid(String),
+}
+
+/// The one check of the frontend's and the node exporters' URLs: `http(s)://host[:port][/path]`,
+/// host a DNS name, an IPv4 address or a bracketed IPv6 address, no credentials, query or fragment.
+///
+/// NB: the `url` crate silently drops tabs and newlines, trims spaces and accepts `http:host`;
+/// those are rejected here so that the URL used is the one written.
+pub(crate) fn parse_http_url(text: &str) -> Result<Url, HttpUrlError> {
+    let invalid = |reason: &str| Err(HttpUrlError::Invalid(reason.to_owned()));
+    let Some((_, rest)) = text.split_once("://") else {
+        return invalid("it is a relative URL: no scheme:// prefix");
+    };
+    let authority = &rest[..rest.find(['/', '\\', '?', '#']).unwrap_or(rest.len())];
+    // Checked before parsing so that no later message quotes a URL with a password in it.
+    if authority.contains('@') {
+        return Err(HttpUrlError::UserInfo);
+    }
+    let url = Url::parse(text).map_err(|error| HttpUrlError::Invalid(url_error_reason(error)))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return invalid("the scheme must be http or https");
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(HttpUrlError::UserInfo);
+    }
+    if url.cannot_be_a_base() || url.host_str().is_none_or(str::is_empty) {
+        return invalid("it has no host");
+    }
+    // The raw host, as the `url` crate would turn non-ASCII names into punycode.
+    if !authority.is_ascii()
+        || url.domain().is_some_and(|domain| {
+            !domain
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'))
+        })
+    {
+        return invalid("the host may only contain letters, digits, '-', '_' and '.'");
+    }
+    if url.port() == Some(0) || authority.ends_with(':') {
+        return invalid("the port must be a number from 1 to 65535");
     }
     if url.query().is_some() || url.fragment().is_some() {
-        return Err(invalid("it must not have a query or fragment"));
+        return invalid("it must not have a query or fragment");
+    }
+    if text.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return invalid("it contains whitespace");
     }
     Ok(url)
+}
+
+/// The reasons of [`parse_http_url`], in the words its callers' users know.
+fn url_error_reason(error: url::ParseError) -> String {
+    match error {
+        url::ParseError::EmptyHost => "it has no host".to_owned(),
+        url::ParseError::InvalidPort => "the port must be a number from 1 to 65535".to_owned(),
+        url::ParseError::InvalidIpv6Address => "the bracketed host is not an IPv6 address".to_owned(),
+        url::ParseError::InvalidDomainCharacter | url::ParseError::IdnaError => {
+            "the host may only contain letters, digits, '-', '_' and '.'".to_owned()
+        }
+        other => other.to_string(),
+    }
 }
 
 /// `base` with `segments` appended to its path (after any path prefix), each percent-encoded.
@@ -1042,6 +1099,43 @@ mod tests {
         assert_eq!(
             sanitize_body("{\"error\":\"unknown job\"}\n", &[]),
             "{\"error\":\"unknown job\"}"
+        );
+    }
+
+    /// Moved from the configuration's own URL check, which this one replaces.
+    #[test]
+    fn http_url_rules() {
+        for text in [
+            "http://sourcegraph-frontend",
+            "https://sg.example.com/",
+            "http://10.0.0.5:3080/prefix/",
+            "http://[::1]:3080",
+            "HTTPS://Sg.Example.com",
+        ] {
+            assert!(parse_http_url(text).is_ok(), "{text}");
+        }
+        for text in [
+            "http://[::1",
+            "http://[nothost]:80",
+            "http://[::1]x",
+            "http://host:",
+            "http://host:0",
+        ] {
+            assert!(parse_http_url(text).is_err(), "{text}");
+        }
+        for text in [
+            "http:host",
+            " http://h",
+            "http://h/a\tb",
+            "http://h/a b",
+            "http://1.2.3.999",
+            "http://bücher.example",
+        ] {
+            assert!(parse_http_url(text).is_err(), "{text:?}");
+        }
+        assert_eq!(
+            parse_http_url("https://admin:secret@h:99999"),
+            Err(HttpUrlError::UserInfo)
         );
     }
 }

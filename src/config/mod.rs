@@ -1,0 +1,241 @@
+//! Configuration from environment variables: Sourcegraph's executor variables plus kube-executor's own.
+//!
+//! The variables are listed once, in [`VARIABLES`] and `IGNORED_VARIABLES` (`catalogue`); the
+//! environment is read by those names only. `parser` holds the rules every variable shares (empty
+//! means unset, `NAME_executor` overrides `NAME`, defaults from the catalogue) and collects every
+//! problem instead of stopping at the first; `build` turns the values into [`Config`]. Go's
+//! duration and bool syntax live in [`duration`], Kubernetes quantities in `quantity`.
+
+mod build;
+mod catalogue;
+pub mod duration;
+mod parser;
+mod quantity;
+
+use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
+
+use k8s_openapi::{
+    api::core::v1::{NodeSelectorRequirement, PodAffinityTerm, Toleration, Volume, VolumeMount},
+    apimachinery::pkg::api::resource::Quantity,
+};
+
+pub(crate) use catalogue::IGNORED_VARIABLES;
+pub use catalogue::{VARIABLES, Variable};
+use parser::{Env, Parser};
+
+use crate::queue::types::Secret;
+
+/// Which queue(s) this executor takes jobs from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum QueueSelection {
+    /// `EXECUTOR_QUEUE_NAME`: single-queue routes and heartbeat shape.
+    Single(String),
+    /// `EXECUTOR_QUEUE_NAMES`: multi-queue routes and heartbeat shape.
+    Multi(Vec<String>),
+}
+
+/// Log output format (`SRC_LOG_FORMAT`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Condensed,
+    Json,
+    Logfmt,
+    Console,
+}
+
+/// How `EXECUTOR_KUBERNETES_NODE_NAME` pins job pods (`EXECUTOR_KUBERNETES_NODE_PINNING`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodePinning {
+    /// Required node affinity on `metadata.name`: the scheduler keeps its accounting.
+    Affinity,
+    /// Raw `spec.nodeName`, as Sourcegraph does: bypasses the scheduler.
+    NodeName,
+}
+
+/// Workspace volume kind (`KUBERNETES_JOB_VOLUME_TYPE`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VolumeType {
+    EmptyDir,
+    Pvc,
+}
+
+/// The whole configuration of one executor process.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `EXECUTOR_FRONTEND_URL`, without a trailing slash.
+    pub frontend_url: String,
+    /// `EXECUTOR_FRONTEND_PASSWORD`.
+    pub frontend_password: Secret<String>,
+    pub queues: QueueSelection,
+    /// `EXECUTOR_QUEUE_POLL_INTERVAL`.
+    pub poll_interval: Duration,
+    /// `EXECUTOR_MAXIMUM_NUM_JOBS` (at least 1).
+    pub maximum_num_jobs: usize,
+    /// `EXECUTOR_MAXIMUM_RUNTIME_PER_JOB`.
+    pub maximum_runtime_per_job: Duration,
+    /// `EXECUTOR_NUM_TOTAL_JOBS`; `None` = unlimited (0).
+    pub num_total_jobs: Option<u64>,
+    /// `EXECUTOR_MAX_ACTIVE_TIME`; `None` = unlimited (0).
+    pub max_active_time: Option<Duration>,
+    /// `EXECUTOR_KEEP_WORKSPACES`.
+    pub keep_workspaces: bool,
+    /// `EXECUTOR_JOB_NUM_CPUS` (fallback `EXECUTOR_FIRECRACKER_NUM_CPUS`): sent in dequeue requests.
+    pub job_num_cpus: u32,
+    /// `EXECUTOR_JOB_MEMORY` (fallback `EXECUTOR_FIRECRACKER_MEMORY`): sent in dequeue requests.
+    pub job_memory: String,
+    /// `EXECUTOR_FIRECRACKER_DISK_SPACE`: sent in dequeue requests.
+    pub job_disk_space: String,
+    /// `NODE_EXPORTER_URL`, forwarded in heartbeats when set.
+    pub node_exporter_url: Option<String>,
+    /// `DOCKER_REGISTRY_NODE_EXPORTER_URL`.
+    pub docker_registry_node_exporter_url: Option<String>,
+    /// `EXECUTOR_ENABLE_JOB_AUDIT_LOGGING`.
+    pub job_audit_logging: bool,
+    /// `SRC_LOG_LEVEL` mapped to a tracing filter directive (`debug`, `info`, `warn`, `error`).
+    pub log_level: String,
+    /// `SRC_LOG_FORMAT`.
+    pub log_format: LogFormat,
+    /// `SRC_TRACE_LOG`.
+    pub trace_log: bool,
+    /// `HOSTNAME` (or the OS hostname): base of the executor name.
+    pub hostname: String,
+    /// `EXECUTOR_INSTANCE_ID` (default: hostname): label value on every object this executor creates.
+    pub instance_id: String,
+    /// `EXECUTOR_REPORTED_VERSION` (default `0.0.0+dev`).
+    pub reported_version: String,
+    /// `EXECUTOR_HEALTH_SERVER_ADDR` (default `:6060`, i.e. 0.0.0.0:6060).
+    pub health_server_addr: SocketAddr,
+    /// `EXECUTOR_SHUTDOWN_GRACE_PERIOD` (default 5m).
+    pub shutdown_grace_period: Duration,
+    /// `EXECUTOR_LOG_ENTRY_MAX_BYTES` (default 1 MiB).
+    pub log_entry_max_bytes: usize,
+    pub kubernetes: KubernetesConfig,
+}
+
+/// Everything that shapes the Kubernetes objects of a job and how they are watched.
+#[derive(Debug, Clone)]
+pub struct KubernetesConfig {
+    /// `EXECUTOR_KUBERNETES_CONFIG_PATH`; `None` = `$HOME/.kube/config`, then in-cluster.
+    pub config_path: Option<String>,
+    /// `EXECUTOR_KUBERNETES_NAMESPACE` (default `default`).
+    pub namespace: String,
+    /// `EXECUTOR_KUBERNETES_NODE_NAME`.
+    pub node_name: Option<String>,
+    /// `EXECUTOR_KUBERNETES_NODE_PINNING` (default affinity).
+    pub node_pinning: NodePinning,
+    /// `EXECUTOR_KUBERNETES_NODE_SELECTOR` (`k1=v1,k2=v2`).
+    pub node_selector: BTreeMap<String, String>,
+    /// `EXECUTOR_KUBERNETES_NODE_REQUIRED_AFFINITY_MATCH_EXPRESSIONS` (JSON).
+    pub node_required_affinity_match_expressions: Vec<NodeSelectorRequirement>,
+    /// `EXECUTOR_KUBERNETES_NODE_REQUIRED_AFFINITY_MATCH_FIELDS` (JSON).
+    pub node_required_affinity_match_fields: Vec<NodeSelectorRequirement>,
+    /// `EXECUTOR_KUBERNETES_POD_AFFINITY` (JSON; every term has a non-empty topologyKey).
+    pub pod_affinity: Vec<PodAffinityTerm>,
+    /// `EXECUTOR_KUBERNETES_POD_ANTI_AFFINITY` (JSON; every term has a non-empty topologyKey).
+    pub pod_anti_affinity: Vec<PodAffinityTerm>,
+    /// `EXECUTOR_KUBERNETES_NODE_TOLERATIONS` (JSON).
+    pub tolerations: Vec<Toleration>,
+    /// `EXECUTOR_KUBERNETES_RESOURCE_REQUEST_CPU`; `None` when unset or zero.
+    pub request_cpu: Option<Quantity>,
+    /// `EXECUTOR_KUBERNETES_RESOURCE_REQUEST_MEMORY` (default 12Gi); `None` when zero.
+    pub request_memory: Option<Quantity>,
+    /// `EXECUTOR_KUBERNETES_RESOURCE_LIMIT_CPU`; `None` when unset or zero.
+    pub limit_cpu: Option<Quantity>,
+    /// `EXECUTOR_KUBERNETES_RESOURCE_LIMIT_MEMORY` (default 12Gi); `None` when zero.
+    pub limit_memory: Option<Quantity>,
+    /// `KUBERNETES_JOB_DEADLINE` seconds (default 1200).
+    pub job_deadline_seconds: i64,
+    /// `KUBERNETES_KEEP_JOBS`.
+    pub keep_jobs: bool,
+    /// `KUBERNETES_RUN_AS_USER`.
+    pub run_as_user: Option<i64>,
+    /// `KUBERNETES_RUN_AS_GROUP`.
+    pub run_as_group: Option<i64>,
+    /// `KUBERNETES_FS_GROUP` (default 1000).
+    pub fs_group: Option<i64>,
+    /// `KUBERNETES_JOB_ANNOTATIONS` (JSON object).
+    pub job_annotations: BTreeMap<String, String>,
+    /// `KUBERNETES_JOB_POD_ANNOTATIONS` (JSON object).
+    pub pod_annotations: BTreeMap<String, String>,
+    /// `KUBERNETES_IMAGE_PULL_SECRETS` (comma-separated names).
+    pub image_pull_secrets: Vec<String>,
+    /// `KUBERNETES_IMAGE_PULL_POLICY` (`Always`, `Never`, `IfNotPresent`; default IfNotPresent).
+    pub image_pull_policy: String,
+    /// `KUBERNETES_JOB_STEP_IMAGE` (fallback `KUBERNETES_SINGLE_JOB_STEP_IMAGE`).
+    pub step_image: String,
+    /// `KUBERNETES_JOB_VOLUME_TYPE`.
+    pub volume_type: VolumeType,
+    /// `KUBERNETES_JOB_VOLUME_SIZE` (default 5Gi).
+    pub volume_size: Quantity,
+    /// `KUBERNETES_ADDITIONAL_JOB_VOLUMES` (JSON array of Volume).
+    pub additional_volumes: Vec<Volume>,
+    /// `KUBERNETES_ADDITIONAL_JOB_VOLUME_MOUNTS` (JSON array of VolumeMount).
+    pub additional_volume_mounts: Vec<VolumeMount>,
+    /// `KUBERNETES_GIT_CA_CERT`: path inside the step image.
+    pub git_ca_cert: Option<String>,
+    /// `KUBERNETES_JOB_HOST_NETWORK`.
+    pub host_network: bool,
+    /// `KUBERNETES_JOB_SERVICE_ACCOUNT`.
+    pub job_service_account: Option<String>,
+    /// `KUBERNETES_JOB_AUTOMOUNT_SERVICE_ACCOUNT_TOKEN` (default false).
+    pub automount_service_account_token: bool,
+    /// `KUBERNETES_JOB_TTL_SECONDS_AFTER_FINISHED` (default 600; `None` when 0 or when keeping jobs).
+    pub ttl_seconds_after_finished: Option<i32>,
+    /// `KUBERNETES_JOB_PENDING_TIMEOUT` (default 10m).
+    pub pending_timeout: Duration,
+    /// `KUBERNETES_JOB_IMAGE_PULL_TIMEOUT` (default 1m).
+    pub image_pull_timeout: Duration,
+    /// `KUBERNETES_JOB_POD_CREATION_TIMEOUT` (default 30s).
+    pub pod_creation_timeout: Duration,
+}
+
+/// Everything wrong with a configuration, collected in one pass so it can be fixed in one go.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", parser::render_problems(&self.problems))]
+pub struct ConfigError {
+    /// One sentence per problem, each starting with the variable at fault.
+    pub problems: Vec<String>,
+}
+
+impl Config {
+    /// Reads the configuration from the process environment.
+    ///
+    /// # Errors
+    /// Every problem found, see [`Config::from_vars`]; also variables whose value is not UTF-8.
+    pub fn from_env() -> Result<Config, ConfigError> {
+        let mut vars = Vec::new();
+        let mut problems = Vec::new();
+        // NB: `std::env::vars()` panics on a non-UTF-8 entry anywhere in the environment.
+        for (name, value) in std::env::vars_os() {
+            let Ok(name) = name.into_string() else { continue };
+            match value.into_string() {
+                Ok(value) => vars.push((name, value)),
+                Err(_) => parser::non_utf8_problem(&name, &mut problems),
+            }
+        }
+        parse(vars, problems)
+    }
+
+    /// Reads the configuration from `(name, value)` pairs.
+    ///
+    /// Empty values count as unset, `NAME_executor` overrides `NAME`, and names outside
+    /// [`VARIABLES`] and `IGNORED_VARIABLES` are not read.
+    ///
+    /// # Errors
+    /// All problems found, each naming its variable; the frontend password is never quoted.
+    pub fn from_vars<I: IntoIterator<Item = (String, String)>>(vars: I) -> Result<Config, ConfigError> {
+        parse(vars, Vec::new())
+    }
+}
+
+/// `problems` are those found before parsing (non-UTF-8 values); the result carries them all.
+fn parse(
+    vars: impl IntoIterator<Item = (String, String)>,
+    problems: Vec<String>,
+) -> Result<Config, ConfigError> {
+    let env = Env::prepare(vars);
+    let mut parser = Parser::new(&env, problems);
+    let config = build::config(&env, &mut parser);
+    parser.finish(env.value("EXECUTOR_FRONTEND_PASSWORD"))?;
+    Ok(config)
+}
