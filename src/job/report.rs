@@ -1,13 +1,14 @@
 //! The end of a job: its objects are deleted (with the teardown log entries) and the frontend is
 //! told how it ended.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use jiff::Timestamp;
 use tracing::{debug, error, info, warn};
 
 use super::{JobRun, Outcome, registry::StopReason};
 use crate::{
+    config::duration::format_go_duration,
     events::Event,
     k8s::{failure::FailureKind, job_spec::JobObjects},
     log_entry,
@@ -137,18 +138,5 @@ impl JobRun {
             }
         };
         Some(result)
-    }
-}
-
-/// Formats like Go's `time.Duration.String()` (e.g. `30m0s`), as Sourcegraph's messages do.
-pub fn format_go_duration(d: Duration) -> String {
-    let total = d.as_secs();
-    let (h, m, s) = (total / 3600, (total % 3600) / 60, total % 60);
-    if h > 0 {
-        format!("{h}h{m}m{s}s")
-    } else if m > 0 {
-        format!("{m}m{s}s")
-    } else {
-        format!("{s}s")
     }
 }
