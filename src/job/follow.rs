@@ -13,7 +13,7 @@ use crate::{
     k8s::{
         failure,
         logs::{self, ContainerProbe},
-        watch::ClusterView,
+        watch::{ClusterView, CreatedJob},
     },
     log_entry::LogEntryWriter,
     queue::client::JobHandle,
@@ -89,7 +89,7 @@ pub struct ContainerFollower {
     pub deps: Deps,
     pub handle: JobHandle,
     pub redactor: Redactor,
-    pub job_name: String,
+    pub job: CreatedJob,
     pub pod: String,
     pub container: String,
     pub entry: EntrySpec,
@@ -124,7 +124,7 @@ impl ContainerFollower {
         };
         debug!(key = %self.entry.key, container = %self.container, "following container log");
         let (writer, problem) = self.stream_into(writer).await;
-        let exit_code = exit_code_of(&self.deps.view, &self.job_name, &self.container).unwrap_or(1);
+        let exit_code = exit_code_of(&self.deps.view, &self.job, &self.container).unwrap_or(1);
         if let Err(error) = writer.finish(exit_code).await {
             error!(key = %self.entry.key, %error, "could not send the final log entry update");
         }
@@ -165,7 +165,7 @@ impl ContainerFollower {
     async fn follow_log(&self, on_line: impl FnMut(&str) + Send) -> Result<(), UnreadableLog> {
         let probe = Probe {
             view: self.deps.view.clone(),
-            job_name: self.job_name.clone(),
+            job: self.job.clone(),
             container: self.container.clone(),
         };
         let result = logs::follow(
@@ -199,22 +199,22 @@ impl ContainerFollower {
 /// What the log follower asks about the container while it streams.
 struct Probe {
     view: ClusterView,
-    job_name: String,
+    job: CreatedJob,
     container: String,
 }
 
 impl ContainerProbe for Probe {
     fn terminated(&self) -> bool {
-        self.pod_gone() || exit_code_of(&self.view, &self.job_name, &self.container).is_some()
+        self.pod_gone() || exit_code_of(&self.view, &self.job, &self.container).is_some()
     }
 
     fn pod_gone(&self) -> bool {
-        self.view.pod_for_job(&self.job_name).is_none()
+        self.view.pod_of(&self.job).is_none()
     }
 }
 
-fn exit_code_of(view: &ClusterView, job_name: &str, container: &str) -> Option<i32> {
-    let pod = view.pod_for_job(job_name)?;
+fn exit_code_of(view: &ClusterView, job: &CreatedJob, container: &str) -> Option<i32> {
+    let pod = view.pod_of(job)?;
     failure::container_statuses(&pod)
         .find(|cs| cs.name == container)
         .and_then(|cs| cs.state.as_ref()?.terminated.as_ref().map(|t| t.exit_code))

@@ -159,14 +159,14 @@ impl JobRun {
             Err(error) => return Outcome::setup_failed(FailureKind::Permanent, error.to_string()),
         };
         let created_at = Instant::now();
-        let owned = match self.deps.objects.create(&objects).await {
+        let created = match self.deps.objects.create(&objects).await {
             Ok(created) => {
                 self.deps.events.record(Event::JobCreated);
                 info!(
                     replaced_leftovers = created.replaced_leftovers,
                     "Kubernetes Job created"
                 );
-                created.owned
+                created
             }
             Err(error) => {
                 let kind = if error.is_permanent() {
@@ -177,10 +177,10 @@ impl JobRun {
                 return Outcome::setup_failed(kind, error.to_string());
             }
         };
-        let outcome = supervise::Supervisor::new(self, &objects.steps, created_at)
+        let outcome = supervise::Supervisor::new(self, &objects.steps, created.job, created_at)
             .run()
             .await;
-        self.teardown(&objects, owned).await;
+        self.teardown(&objects, created.owned).await;
         outcome
     }
 

@@ -22,6 +22,7 @@ use crate::{
     k8s::{
         failure::{self, Failure, FailureKind, Timeouts, Tracker, Verdict},
         job_spec::{self, StepSpec},
+        watch::CreatedJob,
     },
 };
 
@@ -37,6 +38,7 @@ pub(super) struct Supervisor<'a> {
     run: &'a JobRun,
     /// Setup, steps, main: the pod's containers in order, with their entry keys.
     steps: &'a [StepSpec],
+    job: CreatedJob,
     tracker: Tracker,
     followers: JoinSet<Option<UnreadableLog>>,
     following: HashSet<String>,
@@ -46,10 +48,11 @@ pub(super) struct Supervisor<'a> {
 }
 
 impl<'a> Supervisor<'a> {
-    pub(super) fn new(run: &'a JobRun, steps: &'a [StepSpec], created_at: Instant) -> Self {
+    pub(super) fn new(run: &'a JobRun, steps: &'a [StepSpec], job: CreatedJob, created_at: Instant) -> Self {
         Self {
             run,
             steps,
+            job,
             tracker: Tracker::new(created_at),
             followers: JoinSet::new(),
             following: HashSet::new(),
@@ -92,8 +95,8 @@ impl<'a> Supervisor<'a> {
         loop {
             // Mark the current change as seen before reading the stores, so no change is missed.
             changes.borrow_and_update();
-            let k8s_job = deps.view.job(&self.run.job_name);
-            let pod = deps.view.pod_for_job(&self.run.job_name);
+            let k8s_job = deps.view.job(&self.job);
+            let pod = deps.view.pod_of(&self.job);
             if let Some(pod) = &pod {
                 self.observe(pod);
             }
@@ -143,7 +146,7 @@ impl<'a> Supervisor<'a> {
                 deps: self.run.deps.clone(),
                 handle: self.run.handle.clone(),
                 redactor: self.run.redactor.clone(),
-                job_name: self.run.job_name.clone(),
+                job: self.job.clone(),
                 pod: pod_name.clone(),
                 container: cs.name.clone(),
                 entry: EntrySpec {

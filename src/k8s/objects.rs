@@ -13,7 +13,7 @@ use kube::{
 use serde::de::DeserializeOwned;
 use tracing::{info, warn};
 
-use super::{job_spec::JobObjects, labels};
+use super::{job_spec::JobObjects, labels, watch::CreatedJob};
 
 /// Why a job's objects could not be created.
 #[derive(Debug, thiserror::Error)]
@@ -69,6 +69,8 @@ pub struct Objects {
 /// What creation produced.
 #[derive(Debug)]
 pub struct Created {
+    /// The Job as created, to tell its pods from those of an earlier Job of the same name.
+    pub job: CreatedJob,
     /// Leftovers of an earlier run of the same job that had to be removed first.
     pub replaced_leftovers: usize,
     /// Whether the Job owns all its Secrets and PVC (then they go with it, no delete needed).
@@ -119,7 +121,11 @@ impl Objects {
             Err(error) => Err(error),
         };
         match result {
-            Ok((_job, owned)) => Ok(Created {
+            Ok((job, owned)) => Ok(Created {
+                job: CreatedJob {
+                    name: job.name_any(),
+                    uid: job.metadata.uid.clone().unwrap_or_default(),
+                },
                 replaced_leftovers: replaced,
                 owned,
             }),

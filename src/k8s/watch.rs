@@ -105,9 +105,12 @@ impl ClusterView {
         let _ = rx.wait_for(|(pods, jobs)| *pods && *jobs).await;
     }
 
-    /// The Job named `name`, as last seen.
-    pub fn job(&self, name: &str) -> Option<Arc<Job>> {
-        self.jobs.get(&ObjectRef::new(name).within(&self.namespace))
+    /// The Job `created`, as last seen; `None` once it is gone, even if a Job of the same name
+    /// (an earlier or later run of the same queue job) exists.
+    pub fn job(&self, created: &CreatedJob) -> Option<Arc<Job>> {
+        self.jobs
+            .get(&ObjectRef::new(&created.name).within(&self.namespace))
+            .filter(|job| job.metadata.uid.as_deref() == Some(created.uid.as_str()))
     }
 
     /// All of this executor's Jobs, as last seen.
@@ -115,12 +118,14 @@ impl ClusterView {
         self.jobs.state()
     }
 
-    /// The newest pod of the Job named `job_name`.
-    pub fn pod_for_job(&self, job_name: &str) -> Option<Arc<Pod>> {
+    /// The newest pod of the Job `created`. Pods are matched by their controller's UID, not by
+    /// the `job-name` label: a terminating pod of an earlier Job of the same name (a re-dequeued
+    /// job) must not be taken for this run's pod.
+    pub fn pod_of(&self, created: &CreatedJob) -> Option<Arc<Pod>> {
         self.pods
             .state()
             .into_iter()
-            .filter(|p| p.labels().get("job-name").map(String::as_str) == Some(job_name))
+            .filter(|p| controlled_by(p, &created.uid))
             .max_by(|a, b| {
                 a.meta()
                     .creation_timestamp
@@ -129,6 +134,19 @@ impl ClusterView {
                     .cmp(&b.meta().creation_timestamp.as_ref().map(|t| t.0))
             })
     }
+}
+
+/// A Job this executor created: its name and the UID the API server gave it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CreatedJob {
+    pub name: String,
+    pub uid: String,
+}
+
+fn controlled_by(pod: &Pod, uid: &str) -> bool {
+    pod.owner_references()
+        .iter()
+        .any(|owner| owner.controller == Some(true) && owner.uid == uid)
 }
 
 async fn drive<S, K>(
@@ -167,5 +185,43 @@ async fn drive<S, K>(
             }
             None => break,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+
+    use super::*;
+
+    fn pod_owned_by(uid: &str, controller: bool) -> Pod {
+        Pod {
+            metadata: ObjectMeta {
+                labels: Some([("job-name".to_string(), "sg-executor-job-batches-1".to_string())].into()),
+                owner_references: Some(vec![OwnerReference {
+                    api_version: "batch/v1".into(),
+                    kind: "Job".into(),
+                    name: "sg-executor-job-batches-1".into(),
+                    uid: uid.into(),
+                    controller: Some(controller),
+                    ..OwnerReference::default()
+                }]),
+                ..ObjectMeta::default()
+            },
+            ..Pod::default()
+        }
+    }
+
+    #[test]
+    fn a_pod_of_an_earlier_job_with_the_same_name_is_not_this_runs_pod() {
+        assert!(controlled_by(&pod_owned_by("uid-2", true), "uid-2"));
+        assert!(
+            !controlled_by(&pod_owned_by("uid-1", true), "uid-2"),
+            "same job-name label, earlier Job"
+        );
+        assert!(
+            !controlled_by(&pod_owned_by("uid-2", false), "uid-2"),
+            "not its controller"
+        );
     }
 }
