@@ -15,6 +15,7 @@ pub mod k8s;
 pub mod log_entry;
 pub mod queue;
 pub mod redact;
+pub mod retry;
 pub mod runner;
 pub mod slots;
 pub mod telemetry;
@@ -174,7 +175,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), RunError> {
                 }
                 info!(deleted = n, "removed Jobs left by an earlier executor process");
             }
-            Err(error) if k8s::objects::is_forbidden(&error) => {
+            Err(error) if k8s::api_error::is_forbidden(&error) => {
                 return Err(RunError::Forbidden(error.to_string()));
             }
             Err(error) => warn!(%error, "could not look for Jobs left by an earlier executor process"),

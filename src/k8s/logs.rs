@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use futures_util::{AsyncBufReadExt, TryStreamExt};
+use futures_util::{AsyncBufRead, AsyncBufReadExt, TryStreamExt};
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Pod;
 use kube::{Api, api::LogParams};
@@ -15,7 +15,11 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use crate::events::{Event, Events};
+use super::api_error;
+use crate::{
+    events::{Event, Events},
+    retry,
+};
 
 /// Where to resume a log stream.
 ///
@@ -110,6 +114,8 @@ pub async fn follow(
     mut on_line: impl FnMut(&str),
 ) -> Result<(), FollowError> {
     let mut cursor = Cursor::default();
+    let mut reconnect = retry::log_reconnects();
+    // Failures to open in a row, so that a log that stays unreadable is reported now and then.
     let mut failures: u32 = 0;
     let mut first = true;
     loop {
@@ -133,31 +139,17 @@ pub async fn follow(
         let clean_end = match opened {
             Ok(reader) => {
                 failures = 0;
-                let mut lines = std::pin::pin!(reader.lines());
-                loop {
-                    let next = tokio::select! {
-                        _ = stop.cancelled() => return Ok(()),
-                        next = lines.try_next() => next,
-                    };
-                    match next {
-                        Ok(Some(line)) => {
-                            let (ts, text) = split_timestamp(&line);
-                            if ts.is_none_or(|ts| cursor.accept(ts)) {
-                                on_line(text);
-                            }
-                        }
-                        Ok(None) => break true,
-                        Err(error) => {
-                            debug!(container, %error, "log stream broke");
-                            break false;
-                        }
-                    }
+                reconnect.reset();
+                match read_stream(reader, container, &mut cursor, stop, &mut on_line).await {
+                    StreamEnd::Stopped => return Ok(()),
+                    StreamEnd::Clean => true,
+                    StreamEnd::Broken => false,
                 }
             }
-            Err(kube::Error::Api(status)) if status.code == 403 => {
-                return Err(FollowError::Forbidden(status.message.clone()));
+            Err(error) if api_error::is_forbidden(&error) => {
+                return Err(FollowError::Forbidden(api_error::message(&error)));
             }
-            Err(kube::Error::Api(status)) if status.code == 404 => {
+            Err(error) if api_error::is_not_found(&error) => {
                 if probe.pod_gone() {
                     return Err(FollowError::PodGone);
                 }
@@ -180,17 +172,58 @@ pub async fn follow(
         if probe.pod_gone() {
             return Err(FollowError::PodGone);
         }
-        // Wait for news about the container (or a short pause), so a stream that ended before the
-        // watch reported the termination is not reopened in a tight loop.
+        // Wait for news about the container (or a pause), so a stream that ended before the watch
+        // reported the termination, or one that keeps failing, is not reopened in a tight loop.
         let pause = if clean_end {
             Duration::from_secs(1)
         } else {
-            Duration::from_millis(200 * u64::from(failures.clamp(1, 25)))
+            reconnect.next_delay()
         };
         tokio::select! {
             _ = stop.cancelled() => return Ok(()),
             _ = changes.changed() => {}
             _ = tokio::time::sleep(pause) => {}
+        }
+    }
+}
+
+/// How reading one opened log stream ended.
+enum StreamEnd {
+    /// `stop` was cancelled.
+    Stopped,
+    /// The server closed the stream: the container may have terminated, or the API server may
+    /// have ended a long request.
+    Clean,
+    /// Reading failed mid-way.
+    Broken,
+}
+
+/// Delivers the new lines of one stream to `on_line` until it ends.
+async fn read_stream(
+    reader: impl AsyncBufRead,
+    container: &str,
+    cursor: &mut Cursor,
+    stop: &CancellationToken,
+    on_line: &mut impl FnMut(&str),
+) -> StreamEnd {
+    let mut lines = std::pin::pin!(reader.lines());
+    loop {
+        let next = tokio::select! {
+            _ = stop.cancelled() => return StreamEnd::Stopped,
+            next = lines.try_next() => next,
+        };
+        match next {
+            Ok(Some(line)) => {
+                let (ts, text) = split_timestamp(&line);
+                if ts.is_none_or(|ts| cursor.accept(ts)) {
+                    on_line(text);
+                }
+            }
+            Ok(None) => return StreamEnd::Clean,
+            Err(error) => {
+                debug!(container, %error, "log stream broke");
+                return StreamEnd::Broken;
+            }
         }
     }
 }

@@ -13,7 +13,7 @@ use kube::{
 use serde::de::DeserializeOwned;
 use tracing::{info, warn};
 
-use super::{job_spec::JobObjects, labels};
+use super::{api_error, job_spec::JobObjects, labels};
 
 /// Why a job's objects could not be created.
 #[derive(Debug, thiserror::Error)]
@@ -154,7 +154,7 @@ impl Objects {
         let params = PatchParams::default();
         for name in secrets {
             if let Err(error) = self.secrets.patch(name, &params, &Patch::Merge(&patch)).await {
-                if is_forbidden(&error) {
+                if api_error::is_forbidden(&error) {
                     return Err(classify("Secret", name, error));
                 }
                 warn!(secret = %name, %error, "could not make the Job own its Secret; it is deleted explicitly");
@@ -164,7 +164,7 @@ impl Objects {
         if let Some(name) = pvc
             && let Err(error) = self.pvcs.patch(name, &params, &Patch::Merge(&patch)).await
         {
-            if is_forbidden(&error) {
+            if api_error::is_forbidden(&error) {
                 return Err(classify("PersistentVolumeClaim", name, error));
             }
             warn!(pvc = %name, %error, "could not make the Job own its PVC; it is deleted explicitly");
@@ -190,7 +190,7 @@ impl Objects {
         let name = object.meta().name.clone().unwrap_or_default();
         match api.create(&PostParams::default(), object).await {
             Ok(created) => return Ok((created, 0)),
-            Err(kube::Error::Api(status)) if status.code == 409 => {}
+            Err(error) if api_error::is_already_exists(&error) => {}
             Err(error) => return Err(classify(kind, &name, error)),
         }
         match self.find_ours(api, &name).await {
@@ -334,18 +334,13 @@ where
     K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
 {
     match delete_quietly(api, name).await {
-        Err(error) if is_forbidden(&error) => Err(error),
+        Err(error) if api_error::is_forbidden(&error) => Err(error),
         Err(error) => {
             warn!(%name, %error, "could not delete a leftover object");
             Ok(())
         }
         Ok(()) => Ok(()),
     }
-}
-
-/// Whether the API server refused the call for lack of permission.
-pub fn is_forbidden(error: &kube::Error) -> bool {
-    matches!(error, kube::Error::Api(status) if status.code == 403)
 }
 
 fn background() -> DeleteParams {
@@ -358,22 +353,22 @@ where
 {
     match api.delete(name, &background()).await {
         Ok(_) => Ok(()),
-        Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
+        Err(error) if api_error::is_not_found(&error) => Ok(()),
         Err(error) => Err(error),
     }
 }
 
 fn classify(kind: &'static str, name: &str, error: kube::Error) -> CreateError {
     match error {
-        kube::Error::Api(status) if status.code == 422 || status.code == 400 => CreateError::Rejected {
+        error if api_error::is_rejected(&error) => CreateError::Rejected {
             kind,
             name: name.to_string(),
-            message: status.message.clone(),
+            message: api_error::message(&error),
         },
-        kube::Error::Api(status) if status.code == 403 => CreateError::Forbidden {
+        error if api_error::is_forbidden(&error) => CreateError::Forbidden {
             kind,
             name: name.to_string(),
-            message: status.message.clone(),
+            message: api_error::message(&error),
         },
         source => CreateError::Api {
             kind,

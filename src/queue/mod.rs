@@ -1,8 +1,7 @@
 //! The Sourcegraph executor queue: wire types and the HTTP client.
 
 pub mod client;
-pub mod retry;
 pub mod types;
 
 pub use client::{ClientOptions, JobHandle, MarkOutcome, QueueClient, QueueError};
-pub use retry::RetryPolicy;
+pub use crate::retry::RetryPolicy;
