@@ -64,7 +64,10 @@ impl Backoff {
 /// Waits of the dequeue loop after consecutive frontend errors: from the poll interval (at least
 /// half a second) up to 30 s, so a restarting frontend is not hammered by every executor at once.
 pub fn dequeue_errors(poll_interval: Duration) -> Backoff {
-    Backoff::new(poll_interval.max(Duration::from_millis(500)), Duration::from_secs(30))
+    Backoff::new(
+        poll_interval.max(Duration::from_millis(500)),
+        Duration::from_secs(30),
+    )
 }
 
 /// Waits before reopening a container log that could not be opened or broke: short at first,
@@ -281,7 +284,10 @@ mod tests {
     }
 
     fn assert_within(delay: Duration, from: Duration, to: Duration) {
-        assert!(from <= delay && delay <= to, "{delay:?} not within {from:?}..={to:?}");
+        assert!(
+            from <= delay && delay <= to,
+            "{delay:?} not within {from:?}..={to:?}"
+        );
     }
 
     #[test]
@@ -302,14 +308,30 @@ mod tests {
     #[test]
     fn log_reconnect_waits_grow_while_failing_and_start_over_after_a_reset() {
         let mut backoff = log_reconnects();
-        assert_within(backoff.next_delay(), Duration::from_millis(200), Duration::from_millis(400));
-        assert_within(backoff.next_delay(), Duration::from_millis(400), Duration::from_millis(800));
+        assert_within(
+            backoff.next_delay(),
+            Duration::from_millis(200),
+            Duration::from_millis(400),
+        );
+        assert_within(
+            backoff.next_delay(),
+            Duration::from_millis(400),
+            Duration::from_millis(800),
+        );
         for _ in 0..20 {
             backoff.next_delay();
         }
-        assert_within(backoff.next_delay(), Duration::from_millis(2500), Duration::from_secs(5));
+        assert_within(
+            backoff.next_delay(),
+            Duration::from_millis(2500),
+            Duration::from_secs(5),
+        );
         backoff.reset();
-        assert_within(backoff.next_delay(), Duration::from_millis(200), Duration::from_millis(400));
+        assert_within(
+            backoff.next_delay(),
+            Duration::from_millis(200),
+            Duration::from_millis(400),
+        );
     }
 
     #[test]
@@ -318,6 +340,10 @@ mod tests {
         let mut distinct = first_waits.clone();
         distinct.sort();
         distinct.dedup();
-        assert_eq!(distinct.len(), first_waits.len(), "executors would retry in lockstep: {first_waits:?}");
+        assert_eq!(
+            distinct.len(),
+            first_waits.len(),
+            "executors would retry in lockstep: {first_waits:?}"
+        );
     }
 }

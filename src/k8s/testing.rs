@@ -3,7 +3,7 @@
 //! The code under test gets a `kube::Client` whose requests arrive here one at a time; the test
 //! checks each (method, path, query, body) and answers it, so the order of calls is asserted too.
 
-use std::io;
+use std::{io, time::Duration};
 
 use bytes::Bytes;
 use futures_util::stream::{self, BoxStream, StreamExt};
@@ -100,10 +100,15 @@ impl Call {
     /// Answers 200 with `lines` (each sent as its own chunk, newline added); when `break_after`
     /// the stream then fails instead of ending.
     pub fn stream_lines(self, lines: &[&str], break_after: bool) {
-        let mut chunks: Vec<Result<Bytes, io::Error>> =
-            lines.iter().map(|line| Ok(Bytes::from(format!("{line}\n")))).collect();
+        let mut chunks: Vec<Result<Bytes, io::Error>> = lines
+            .iter()
+            .map(|line| Ok(Bytes::from(format!("{line}\n"))))
+            .collect();
         if break_after {
-            chunks.push(Err(io::Error::new(io::ErrorKind::ConnectionReset, "scripted break")));
+            chunks.push(Err(io::Error::new(
+                io::ErrorKind::ConnectionReset,
+                "scripted break",
+            )));
         }
         self.answer_chunks(200, chunks);
     }
@@ -116,6 +121,15 @@ impl Call {
             .expect("valid response");
         self.reply.send_response(response);
     }
+}
+
+/// The output of the task running the code under test. Run with a paused clock: a task stuck on a
+/// request the script does not answer fails the test (at once, in real time) instead of hanging it.
+pub async fn finished<T>(task: tokio::task::JoinHandle<T>) -> T {
+    tokio::time::timeout(Duration::from_secs(3600), task)
+        .await
+        .expect("the code under test finished (not waiting for an unscripted request)")
+        .expect("the code under test did not panic")
 }
 
 /// A list response of `kind` with `items`.

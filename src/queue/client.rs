@@ -9,8 +9,8 @@ use reqwest::{
 use serde::{Serialize, de::DeserializeOwned};
 
 use super::types::{
-    AddExecutionLogEntryRequest, DequeueRequest, ExecutionLogEntry, HeartbeatRequestMulti, HeartbeatRequestV1,
-    HeartbeatResponse, Job, MarkRequest, Secret, UpdateExecutionLogEntryRequest,
+    AddExecutionLogEntryRequest, DequeueRequest, ExecutionLogEntry, HeartbeatRequestMulti,
+    HeartbeatRequestV1, HeartbeatResponse, Job, MarkRequest, Secret, UpdateExecutionLogEntryRequest,
 };
 use crate::retry::{RetryPolicy, retry_transient, retry_when};
 

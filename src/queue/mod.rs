@@ -3,5 +3,5 @@
 pub mod client;
 pub mod types;
 
-pub use client::{ClientOptions, JobHandle, MarkOutcome, QueueClient, QueueError};
 pub use crate::retry::RetryPolicy;
+pub use client::{ClientOptions, JobHandle, MarkOutcome, QueueClient, QueueError};
