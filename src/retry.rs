@@ -16,8 +16,9 @@ fn jittered_exponential(min_delay: Duration, max_delay: Duration) -> Exponential
         .with_max_delay((max_delay / 2).max(min_delay))
         .without_max_times()
         .with_jitter()
-        // NB: the backoff crate is built without its `std` feature, so without a seed every
-        // process would draw the same jitter sequence and executors would retry in lockstep.
+        // NB: whether the backoff crate seeds itself depends on its `std` feature, which other
+        // crates switch on or not; unseeded, every process would draw the same jitter sequence
+        // and executors would retry in lockstep.
         .with_jitter_seed(uuid::Uuid::new_v4().as_u64_pair().0)
 }
 

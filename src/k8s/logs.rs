@@ -146,23 +146,8 @@ pub async fn follow(
                     StreamEnd::Broken => false,
                 }
             }
-            Err(error) if api_error::is_forbidden(&error) => {
-                return Err(FollowError::Forbidden(api_error::message(&error)));
-            }
-            Err(error) if api_error::is_not_found(&error) => {
-                if probe.pod_gone() {
-                    return Err(FollowError::PodGone);
-                }
-                false
-            }
             Err(error) => {
-                // 400 "waiting to start" while the watch lags, or a transient API/node error.
-                failures += 1;
-                if failures.is_multiple_of(10) {
-                    warn!(container, %error, failures, "cannot open the container log; retrying");
-                } else {
-                    debug!(container, %error, "cannot open the container log; retrying");
-                }
+                open_failed(&error, container, probe, &mut failures)?;
                 false
             }
         };
@@ -185,6 +170,34 @@ pub async fn follow(
             _ = tokio::time::sleep(pause) => {}
         }
     }
+}
+
+/// What a failure to open the log means: the end of following (forbidden, pod gone) or, with
+/// `Ok`, another try.
+fn open_failed(
+    error: &kube::Error,
+    container: &str,
+    probe: &dyn ContainerProbe,
+    failures: &mut u32,
+) -> Result<(), FollowError> {
+    if api_error::is_forbidden(error) {
+        return Err(FollowError::Forbidden(api_error::message(error)));
+    }
+    if api_error::is_not_found(error) {
+        return if probe.pod_gone() {
+            Err(FollowError::PodGone)
+        } else {
+            Ok(())
+        };
+    }
+    // 400 "waiting to start" while the watch lags, or a transient API/node error.
+    *failures += 1;
+    if failures.is_multiple_of(10) {
+        warn!(container, %error, failures, "cannot open the container log; retrying");
+    } else {
+        debug!(container, %error, "cannot open the container log; retrying");
+    }
+    Ok(())
 }
 
 /// How reading one opened log stream ended.
