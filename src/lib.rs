@@ -16,6 +16,7 @@ mod k8s;
 mod log_entry;
 pub mod queue;
 mod redact;
+mod retry;
 mod runner;
 mod slots;
 mod telemetry;
@@ -245,7 +246,7 @@ impl Executor {
                 }
                 info!(deleted = n, "removed Jobs left by an earlier executor process");
             }
-            Err(error) if k8s::objects::is_forbidden(&error) => {
+            Err(error) if k8s::api_error::is_forbidden(&error) => {
                 return Err(RunError::Forbidden(error.to_string()));
             }
             Err(error) => warn!(%error, "could not look for Jobs left by an earlier executor process"),

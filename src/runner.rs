@@ -312,15 +312,7 @@ pub async fn dequeue_loop(deps: Deps, slots: std::sync::Arc<Slots>, jobs: TaskTr
 
 /// Capped exponential backoff with jitter for consecutive frontend errors.
 fn error_backoff(base: Duration, consecutive: u32) -> Duration {
-    let base = base.max(Duration::from_millis(500));
-    let exp = base.saturating_mul(1u32 << consecutive.min(6).saturating_sub(1));
-    let capped = exp.min(Duration::from_secs(30));
-    // Jitter from the clock's nanoseconds: enough to spread executors restarting together.
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    let jitter = capped.mul_f64(f64::from(nanos % 1000) / 4000.0);
-    capped + jitter
+    crate::retry::dequeue_errors(base).delay_after(consecutive)
 }
 
 /// Waits for running jobs after a drain: up to the grace period, then stops them (force).
@@ -354,9 +346,9 @@ mod tests {
         let a = error_backoff(Duration::from_secs(1), 1);
         let b = error_backoff(Duration::from_secs(1), 3);
         let c = error_backoff(Duration::from_secs(1), 30);
-        assert!(a >= Duration::from_secs(1) && a < Duration::from_millis(1300));
+        assert!(a >= Duration::from_secs(1) && a <= Duration::from_secs(2));
         assert!(b >= Duration::from_secs(4));
-        assert!(c >= Duration::from_secs(30) && c <= Duration::from_millis(37_500));
+        assert!(c >= Duration::from_secs(15) && c <= Duration::from_secs(30));
     }
 
     fn dequeued(id: i64, queue: &str) -> Job {

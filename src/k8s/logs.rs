@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use futures_util::{AsyncBufReadExt, TryStreamExt};
+use futures_util::{AsyncBufRead, AsyncBufReadExt, TryStreamExt};
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Pod;
 use kube::{Api, api::LogParams};
@@ -15,7 +15,11 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use crate::events::{Event, Events};
+use super::api_error;
+use crate::{
+    events::{Event, Events},
+    retry,
+};
 
 /// Where to resume a log stream.
 ///
@@ -110,6 +114,8 @@ pub async fn follow(
     mut on_line: impl FnMut(&str),
 ) -> Result<(), FollowError> {
     let mut cursor = Cursor::default();
+    let mut reconnect = retry::log_reconnects();
+    // Failures to open in a row, so that a log that stays unreadable is reported now and then.
     let mut failures: u32 = 0;
     let mut first = true;
     loop {
@@ -133,44 +139,15 @@ pub async fn follow(
         let clean_end = match opened {
             Ok(reader) => {
                 failures = 0;
-                let mut lines = std::pin::pin!(reader.lines());
-                loop {
-                    let next = tokio::select! {
-                        _ = stop.cancelled() => return Ok(()),
-                        next = lines.try_next() => next,
-                    };
-                    match next {
-                        Ok(Some(line)) => {
-                            let (ts, text) = split_timestamp(&line);
-                            if ts.is_none_or(|ts| cursor.accept(ts)) {
-                                on_line(text);
-                            }
-                        }
-                        Ok(None) => break true,
-                        Err(error) => {
-                            debug!(container, %error, "log stream broke");
-                            break false;
-                        }
-                    }
+                reconnect.reset();
+                match read_stream(reader, container, &mut cursor, stop, &mut on_line).await {
+                    StreamEnd::Stopped => return Ok(()),
+                    StreamEnd::Clean => true,
+                    StreamEnd::Broken => false,
                 }
-            }
-            Err(kube::Error::Api(status)) if status.code == 403 => {
-                return Err(FollowError::Forbidden(status.message.clone()));
-            }
-            Err(kube::Error::Api(status)) if status.code == 404 => {
-                if probe.pod_gone() {
-                    return Err(FollowError::PodGone);
-                }
-                false
             }
             Err(error) => {
-                // 400 "waiting to start" while the watch lags, or a transient API/node error.
-                failures += 1;
-                if failures.is_multiple_of(10) {
-                    warn!(container, %error, failures, "cannot open the container log; retrying");
-                } else {
-                    debug!(container, %error, "cannot open the container log; retrying");
-                }
+                open_failed(&error, container, probe, &mut failures)?;
                 false
             }
         };
@@ -180,17 +157,86 @@ pub async fn follow(
         if probe.pod_gone() {
             return Err(FollowError::PodGone);
         }
-        // Wait for news about the container (or a short pause), so a stream that ended before the
-        // watch reported the termination is not reopened in a tight loop.
+        // Wait for news about the container (or a pause), so a stream that ended before the watch
+        // reported the termination, or one that keeps failing, is not reopened in a tight loop.
         let pause = if clean_end {
             Duration::from_secs(1)
         } else {
-            Duration::from_millis(200 * u64::from(failures.clamp(1, 25)))
+            reconnect.next_delay()
         };
         tokio::select! {
             _ = stop.cancelled() => return Ok(()),
             _ = changes.changed() => {}
             _ = tokio::time::sleep(pause) => {}
+        }
+    }
+}
+
+/// What a failure to open the log means: the end of following (forbidden, pod gone) or, with
+/// `Ok`, another try.
+fn open_failed(
+    error: &kube::Error,
+    container: &str,
+    probe: &dyn ContainerProbe,
+    failures: &mut u32,
+) -> Result<(), FollowError> {
+    if api_error::is_forbidden(error) {
+        return Err(FollowError::Forbidden(api_error::message(error)));
+    }
+    if api_error::is_not_found(error) {
+        return if probe.pod_gone() {
+            Err(FollowError::PodGone)
+        } else {
+            Ok(())
+        };
+    }
+    // 400 "waiting to start" while the watch lags, or a transient API/node error.
+    *failures += 1;
+    if failures.is_multiple_of(10) {
+        warn!(container, %error, failures, "cannot open the container log; retrying");
+    } else {
+        debug!(container, %error, "cannot open the container log; retrying");
+    }
+    Ok(())
+}
+
+/// How reading one opened log stream ended.
+enum StreamEnd {
+    /// `stop` was cancelled.
+    Stopped,
+    /// The server closed the stream: the container may have terminated, or the API server may
+    /// have ended a long request.
+    Clean,
+    /// Reading failed mid-way.
+    Broken,
+}
+
+/// Delivers the new lines of one stream to `on_line` until it ends.
+async fn read_stream(
+    reader: impl AsyncBufRead,
+    container: &str,
+    cursor: &mut Cursor,
+    stop: &CancellationToken,
+    on_line: &mut impl FnMut(&str),
+) -> StreamEnd {
+    let mut lines = std::pin::pin!(reader.lines());
+    loop {
+        let next = tokio::select! {
+            _ = stop.cancelled() => return StreamEnd::Stopped,
+            next = lines.try_next() => next,
+        };
+        match next {
+            Ok(Some(line)) => {
+                let (ts, text) = split_timestamp(&line);
+                if ts.is_none_or(|ts| cursor.accept(ts)) {
+                    on_line(text);
+                }
+            }
+            Ok(None) => return StreamEnd::Clean,
+            Err(error) => {
+                debug!(container, %error, "log stream broke");
+                return StreamEnd::Broken;
+            }
         }
     }
 }
@@ -247,5 +293,197 @@ mod tests {
         assert!(!c.accept(ts("2026-01-01T00:00:01.5Z")));
         assert!(!c.accept(ts("2026-01-01T00:00:01.2Z")));
         assert!(c.accept(ts("2026-01-01T00:00:01.7Z")));
+    }
+
+    mod follow {
+        use std::sync::{
+            Arc,
+            atomic::{AtomicBool, Ordering},
+        };
+
+        use super::*;
+        use crate::k8s::testing::{self, ApiServer, Call};
+
+        const LOG: &str = "GET /api/v1/namespaces/ns/pods/pod-1/log";
+
+        #[derive(Default)]
+        struct FakeContainer {
+            terminated: AtomicBool,
+            pod_gone: AtomicBool,
+        }
+
+        impl ContainerProbe for FakeContainer {
+            fn terminated(&self) -> bool {
+                self.terminated.load(Ordering::SeqCst)
+            }
+            fn pod_gone(&self) -> bool {
+                self.pod_gone.load(Ordering::SeqCst)
+            }
+        }
+
+        struct Following {
+            server: ApiServer,
+            container: Arc<FakeContainer>,
+            events: Events,
+            result: tokio::task::JoinHandle<(Result<(), FollowError>, Vec<String>)>,
+            _changes: watch::Sender<u64>,
+        }
+
+        /// Follows container `main` of `pod-1` in `ns` on its own task.
+        fn start(container: FakeContainer) -> Following {
+            let (client, server) = testing::client();
+            let container = Arc::new(container);
+            let events = Events::default();
+            // Kept open: a closed channel would end every pause at once.
+            let (changes, receiver) = watch::channel(0);
+            let result = tokio::spawn({
+                let (container, events) = (container.clone(), events.clone());
+                async move {
+                    let pods: Api<Pod> = Api::namespaced(client, "ns");
+                    let mut lines = Vec::new();
+                    let stop = CancellationToken::new();
+                    let probe: &FakeContainer = &container;
+                    let result = follow(&pods, "pod-1", "main", probe, receiver, &events, &stop, |line| {
+                        lines.push(line.to_string())
+                    })
+                    .await;
+                    (result, lines)
+                }
+            });
+            Following {
+                server,
+                container,
+                events,
+                result,
+                _changes: changes,
+            }
+        }
+
+        fn terminated() -> FakeContainer {
+            FakeContainer {
+                terminated: AtomicBool::new(true),
+                ..FakeContainer::default()
+            }
+        }
+
+        async fn expect_open(server: &mut ApiServer) -> Call {
+            let call = server.expect(LOG).await;
+            assert_eq!(call.param("container"), Some("main"));
+            assert_eq!(call.param("follow"), Some("true"));
+            assert_eq!(call.param("timestamps"), Some("true"));
+            call
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn a_broken_stream_resumes_at_the_last_lines_second_and_delivers_each_line_once() {
+            let mut f = start(terminated());
+
+            let call = expect_open(&mut f.server).await;
+            assert_eq!(call.param("sinceTime"), None);
+            let first = [
+                "2026-01-01T00:00:00.900Z zero",
+                "2026-01-01T00:00:01.100Z one",
+                "2026-01-01T00:00:01.200Z two",
+            ];
+            call.stream_lines(&first, true);
+            let broke = tokio::time::Instant::now();
+            let call = expect_open(&mut f.server).await;
+            assert!(
+                broke.elapsed() >= Duration::from_millis(200),
+                "reopened without a pause"
+            );
+            assert_eq!(call.param("sinceTime"), Some("2026-01-01T00:00:01Z"));
+            let resumed = [
+                "2026-01-01T00:00:01.100Z one",
+                "2026-01-01T00:00:01.200Z two",
+                "2026-01-01T00:00:01.200Z two again, same stamp",
+                "2026-01-01T00:00:02Z three",
+            ];
+            call.stream_lines(&resumed, false);
+
+            let (result, lines) = testing::finished(f.result).await;
+            result.expect("the log was read to its end");
+            assert_eq!(lines, ["zero", "one", "two", "two again, same stamp", "three"]);
+            assert_eq!(f.events.snapshot().get(Event::LogStreamResumed.label()), Some(&1));
+            f.server.assert_no_more_calls().await;
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn a_stream_that_ends_before_the_container_terminated_is_reopened() {
+            let mut f = start(FakeContainer::default());
+
+            expect_open(&mut f.server)
+                .await
+                .stream_lines(&["2026-01-01T00:00:01Z one"], false);
+            let call = expect_open(&mut f.server).await;
+            assert_eq!(call.param("sinceTime"), Some("2026-01-01T00:00:01Z"));
+            f.container.terminated.store(true, Ordering::SeqCst);
+            call.stream_lines(&["2026-01-01T00:00:01Z one", "2026-01-01T00:00:03Z two"], false);
+
+            let (result, lines) = testing::finished(f.result).await;
+            result.expect("the log was read to its end");
+            assert_eq!(lines, ["one", "two"]);
+            f.server.assert_no_more_calls().await;
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn forbidden_ends_the_follow_at_once() {
+            let mut f = start(FakeContainer::default());
+
+            expect_open(&mut f.server).await.fail(403, "Forbidden");
+
+            let (result, lines) = testing::finished(f.result).await;
+            let Err(FollowError::Forbidden(message)) = result else {
+                panic!("expected Forbidden, got {result:?}");
+            };
+            assert_eq!(message, "scripted Forbidden");
+            assert!(lines.is_empty());
+            f.server.assert_no_more_calls().await;
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn not_found_with_the_pod_gone_ends_with_pod_gone() {
+            let mut f = start(FakeContainer {
+                pod_gone: AtomicBool::new(true),
+                ..FakeContainer::default()
+            });
+
+            expect_open(&mut f.server).await.fail(404, "NotFound");
+
+            let (result, _) = testing::finished(f.result).await;
+            assert!(matches!(result, Err(FollowError::PodGone)), "{result:?}");
+            f.server.assert_no_more_calls().await;
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn failed_opens_while_the_pod_exists_are_tried_again_with_growing_pauses() {
+            let mut f = start(terminated());
+
+            let mut call = expect_open(&mut f.server).await;
+            let mut pauses = Vec::new();
+            for (code, reason) in [
+                (404, "NotFound"),
+                (400, "BadRequest"),
+                (500, "InternalError"),
+                (404, "NotFound"),
+            ] {
+                call.fail(code, reason);
+                let failed = tokio::time::Instant::now();
+                call = expect_open(&mut f.server).await;
+                pauses.push(failed.elapsed());
+            }
+            call.stream_lines(&["2026-01-01T00:00:01Z done"], false);
+
+            let (result, lines) = testing::finished(f.result).await;
+            result.expect("the log was read to its end");
+            assert_eq!(lines, ["done"]);
+            assert!(pauses[0] >= Duration::from_millis(200), "{pauses:?}");
+            assert!(
+                pauses.windows(2).all(|w| w[1] > w[0]),
+                "pauses do not grow: {pauses:?}"
+            );
+            assert!(pauses.iter().all(|p| *p <= Duration::from_secs(5)), "{pauses:?}");
+            f.server.assert_no_more_calls().await;
+        }
     }
 }

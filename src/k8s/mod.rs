@@ -1,5 +1,6 @@
 //! Kubernetes side of the executor: object builders, the shared pod/job watch, logs and cleanup.
 
+pub mod api_error;
 pub mod failure;
 pub mod job_spec;
 pub mod labels;
@@ -7,4 +8,6 @@ pub mod logs;
 pub mod objects;
 pub mod preflight;
 pub mod script;
+#[cfg(test)]
+pub(crate) mod testing;
 pub mod watch;

@@ -13,7 +13,7 @@ use kube::{
 use serde::de::DeserializeOwned;
 use tracing::{info, warn};
 
-use super::{job_spec::JobObjects, labels, watch::CreatedJob};
+use super::{api_error, job_spec::JobObjects, labels, watch::CreatedJob};
 
 /// Why a job's objects could not be created.
 #[derive(Debug, thiserror::Error)]
@@ -157,7 +157,7 @@ impl Objects {
         let params = PatchParams::default();
         for name in secrets {
             if let Err(error) = self.secrets.patch(name, &params, &Patch::Merge(&patch)).await {
-                if is_forbidden(&error) {
+                if api_error::is_forbidden(&error) {
                     return Err(classify("Secret", name, error));
                 }
                 warn!(secret = %name, %error, "could not make the Job own its Secret; it is deleted explicitly");
@@ -167,7 +167,7 @@ impl Objects {
         if let Some(name) = pvc
             && let Err(error) = self.pvcs.patch(name, &params, &Patch::Merge(&patch)).await
         {
-            if is_forbidden(&error) {
+            if api_error::is_forbidden(&error) {
                 return Err(classify("PersistentVolumeClaim", name, error));
             }
             warn!(pvc = %name, %error, "could not make the Job own its PVC; it is deleted explicitly");
@@ -193,7 +193,7 @@ impl Objects {
         let name = object.meta().name.clone().unwrap_or_default();
         match api.create(&PostParams::default(), object).await {
             Ok(created) => return Ok((created, 0)),
-            Err(kube::Error::Api(status)) if status.code == 409 => {}
+            Err(error) if api_error::is_already_exists(&error) => {}
             Err(error) => return Err(classify(kind, &name, error)),
         }
         match self.find_ours(api, &name).await {
@@ -337,18 +337,13 @@ where
     K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
 {
     match delete_quietly(api, name).await {
-        Err(error) if is_forbidden(&error) => Err(error),
+        Err(error) if api_error::is_forbidden(&error) => Err(error),
         Err(error) => {
             warn!(%name, %error, "could not delete a leftover object");
             Ok(())
         }
         Ok(()) => Ok(()),
     }
-}
-
-/// Whether the API server refused the call for lack of permission.
-pub fn is_forbidden(error: &kube::Error) -> bool {
-    matches!(error, kube::Error::Api(status) if status.code == 403)
 }
 
 fn background() -> DeleteParams {
@@ -361,27 +356,314 @@ where
 {
     match api.delete(name, &background()).await {
         Ok(_) => Ok(()),
-        Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
+        Err(error) if api_error::is_not_found(&error) => Ok(()),
         Err(error) => Err(error),
     }
 }
 
 fn classify(kind: &'static str, name: &str, error: kube::Error) -> CreateError {
     match error {
-        kube::Error::Api(status) if status.code == 422 || status.code == 400 => CreateError::Rejected {
+        error if api_error::is_rejected(&error) => CreateError::Rejected {
             kind,
             name: name.to_string(),
-            message: status.message.clone(),
+            message: api_error::message(&error),
         },
-        kube::Error::Api(status) if status.code == 403 => CreateError::Forbidden {
+        error if api_error::is_forbidden(&error) => CreateError::Forbidden {
             kind,
             name: name.to_string(),
-            message: status.message.clone(),
+            message: api_error::message(&error),
         },
         source => CreateError::Api {
             kind,
             name: name.to_string(),
             source,
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+    use serde_json::{Value, json};
+
+    use super::*;
+    use crate::k8s::testing::{self, ApiServer, deleted, finished, list};
+
+    const SECRETS: &str = "/api/v1/namespaces/ns/secrets";
+    const PVCS: &str = "/api/v1/namespaces/ns/persistentvolumeclaims";
+    const JOBS: &str = "/apis/batch/v1/namespaces/ns/jobs";
+    const OURS: &str = "app.kubernetes.io/managed-by=kube-executor,kube-executor.io/instance=inst-1";
+
+    fn meta(name: &str) -> ObjectMeta {
+        ObjectMeta {
+            name: Some(name.to_string()),
+            ..ObjectMeta::default()
+        }
+    }
+
+    fn job_objects(with_pvc: bool) -> JobObjects {
+        JobObjects {
+            job: Job {
+                metadata: meta("sg-job-1"),
+                ..Job::default()
+            },
+            secret: Secret {
+                metadata: meta("sg-job-1-secrets"),
+                ..Secret::default()
+            },
+            pull_secret: None,
+            pvc: with_pvc.then(|| PersistentVolumeClaim {
+                metadata: meta("sg-job-1-pvc"),
+                ..PersistentVolumeClaim::default()
+            }),
+            steps: Vec::new(),
+        }
+    }
+
+    fn objects() -> (Objects, ApiServer) {
+        let (client, server) = testing::client();
+        (Objects::new(client, "ns", "inst-1"), server)
+    }
+
+    /// The request body as the API server would store it, with a UID.
+    fn stored(body: &Value, uid: &str) -> Value {
+        let mut object = body.clone();
+        object["metadata"]["uid"] = json!(uid);
+        object
+    }
+
+    fn named(kind: &str, name: &str, owned: bool) -> Value {
+        let owners = if owned {
+            json!([{"apiVersion": "batch/v1", "kind": "Job", "name": "sg-job-9", "uid": "u9"}])
+        } else {
+            json!(null)
+        };
+        json!({"kind": kind, "apiVersion": "v1", "metadata": {"name": name, "ownerReferences": owners}})
+    }
+
+    fn finished_job(name: &str) -> Value {
+        json!({
+            "apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": name},
+            "status": {"conditions": [{"type": "Complete", "status": "True"}]},
+        })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_rejected_job_deletes_the_secret_and_pvc_created_before_it() {
+        let (objects, mut server) = objects();
+        let create = tokio::spawn(async move { objects.create(&job_objects(true)).await });
+
+        let call = server.expect(&format!("POST {SECRETS}")).await;
+        assert_eq!(call.body["metadata"]["name"], "sg-job-1-secrets");
+        let body = stored(&call.body, "s1");
+        call.answer(201, body);
+        let call = server.expect(&format!("POST {PVCS}")).await;
+        let body = stored(&call.body, "p1");
+        call.answer(201, body);
+        server.expect(&format!("POST {JOBS}")).await.fail(422, "Invalid");
+        // Rollback: what was created goes; the Job, which was never created, is not touched.
+        let call = server.expect(&format!("DELETE {SECRETS}/sg-job-1-secrets")).await;
+        assert_eq!(call.body["propagationPolicy"], "Background");
+        call.answer(200, deleted());
+        server
+            .expect(&format!("DELETE {PVCS}/sg-job-1-pvc"))
+            .await
+            .answer(200, deleted());
+
+        let error = finished(create).await.expect_err("the Job was rejected");
+        assert!(
+            matches!(error, CreateError::Rejected { kind: "Job", .. }),
+            "{error}"
+        );
+        assert!(error.is_permanent());
+        server.assert_no_more_calls().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_forbidden_owner_patch_deletes_the_job_as_well() {
+        let (objects, mut server) = objects();
+        let create = tokio::spawn(async move { objects.create(&job_objects(false)).await });
+
+        let call = server.expect(&format!("POST {SECRETS}")).await;
+        let body = stored(&call.body, "s1");
+        call.answer(201, body);
+        let call = server.expect(&format!("POST {JOBS}")).await;
+        let body = stored(&call.body, "j1");
+        call.answer(201, body);
+        let call = server.expect(&format!("PATCH {SECRETS}/sg-job-1-secrets")).await;
+        assert_eq!(call.body["metadata"]["ownerReferences"][0]["uid"], "j1");
+        call.fail(403, "Forbidden");
+        server
+            .expect(&format!("DELETE {JOBS}/sg-job-1"))
+            .await
+            .answer(200, deleted());
+        server
+            .expect(&format!("DELETE {SECRETS}/sg-job-1-secrets"))
+            .await
+            .answer(200, deleted());
+
+        let error = finished(create).await.expect_err("the patch was forbidden");
+        assert!(
+            matches!(error, CreateError::Forbidden { kind: "Secret", .. }),
+            "{error}"
+        );
+        server.assert_no_more_calls().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn our_leftover_of_the_same_name_is_deleted_and_created_again() {
+        let (objects, mut server) = objects();
+        let create = tokio::spawn(async move { objects.create(&job_objects(false)).await });
+
+        server
+            .expect(&format!("POST {SECRETS}"))
+            .await
+            .fail(409, "AlreadyExists");
+        // Ours? Listed by name and this instance's labels: no `get` permission needed.
+        let call = server.expect(&format!("GET {SECRETS}")).await;
+        assert_eq!(call.param("labelSelector"), Some(OURS));
+        assert_eq!(
+            call.param("fieldSelector"),
+            Some("metadata.name=sg-job-1-secrets")
+        );
+        call.answer(
+            200,
+            list("SecretList", vec![named("Secret", "sg-job-1-secrets", false)]),
+        );
+        server
+            .expect(&format!("DELETE {SECRETS}/sg-job-1-secrets"))
+            .await
+            .answer(200, deleted());
+        // Still being deleted once, then gone.
+        let call = server.expect(&format!("GET {SECRETS}")).await;
+        assert_eq!(
+            call.param("fieldSelector"),
+            Some("metadata.name=sg-job-1-secrets")
+        );
+        call.answer(
+            200,
+            list("SecretList", vec![named("Secret", "sg-job-1-secrets", false)]),
+        );
+        server
+            .expect(&format!("GET {SECRETS}"))
+            .await
+            .answer(200, list("SecretList", vec![]));
+        let call = server.expect(&format!("POST {SECRETS}")).await;
+        let body = stored(&call.body, "s2");
+        call.answer(201, body);
+        let call = server.expect(&format!("POST {JOBS}")).await;
+        let body = stored(&call.body, "j1");
+        call.answer(201, body);
+        let call = server.expect(&format!("PATCH {SECRETS}/sg-job-1-secrets")).await;
+        let body = stored(&call.body, "s2");
+        call.answer(200, body);
+
+        let created = finished(create).await.expect("created");
+        assert_eq!(created.replaced_leftovers, 1);
+        assert!(created.owned);
+        assert_eq!(created.job.uid, "j1");
+        server.assert_no_more_calls().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_same_named_object_that_is_not_ours_is_left_alone() {
+        let (objects, mut server) = objects();
+        let create = tokio::spawn(async move { objects.create(&job_objects(false)).await });
+
+        server
+            .expect(&format!("POST {SECRETS}"))
+            .await
+            .fail(409, "AlreadyExists");
+        let call = server.expect(&format!("GET {SECRETS}")).await;
+        assert_eq!(call.param("labelSelector"), Some(OURS));
+        call.answer(200, list("SecretList", vec![]));
+
+        let error = finished(create).await.expect_err("the name is taken");
+        assert!(
+            matches!(error, CreateError::OwnedByOther { kind: "Secret", .. }),
+            "{error}"
+        );
+        assert!(!error.is_permanent());
+        // Neither the other owner's Secret nor anything else is deleted.
+        server.assert_no_more_calls().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn sweep_deletes_this_instances_jobs_and_the_secrets_and_pvcs_no_job_owns() {
+        let (objects, mut server) = objects();
+        let sweep = tokio::spawn(async move { objects.sweep_leftovers(false).await });
+
+        let call = server.expect(&format!("GET {JOBS}")).await;
+        assert_eq!(call.param("labelSelector"), Some(OURS));
+        let running = json!({"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "sg-job-2"}});
+        call.answer(200, list("JobList", vec![finished_job("sg-job-1"), running]));
+        server
+            .expect(&format!("DELETE {JOBS}/sg-job-1"))
+            .await
+            .answer(200, deleted());
+        // A failed delete is left for the next sweep; the sweep goes on.
+        server
+            .expect(&format!("DELETE {JOBS}/sg-job-2"))
+            .await
+            .fail(500, "InternalError");
+        let call = server.expect(&format!("GET {SECRETS}")).await;
+        assert_eq!(call.param("labelSelector"), Some(OURS));
+        let secrets = vec![named("Secret", "owned", true), named("Secret", "stray", false)];
+        call.answer(200, list("SecretList", secrets));
+        server
+            .expect(&format!("DELETE {SECRETS}/stray"))
+            .await
+            .answer(200, deleted());
+        let call = server.expect(&format!("GET {PVCS}")).await;
+        assert_eq!(call.param("labelSelector"), Some(OURS));
+        let pvcs = vec![named("PersistentVolumeClaim", "stray-pvc", false)];
+        call.answer(200, list("PersistentVolumeClaimList", pvcs));
+        // Already gone counts as deleted.
+        server
+            .expect(&format!("DELETE {PVCS}/stray-pvc"))
+            .await
+            .fail(404, "NotFound");
+
+        assert_eq!(finished(sweep).await.expect("swept"), 2);
+        server.assert_no_more_calls().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn sweep_with_keep_jobs_deletes_only_unfinished_jobs() {
+        let (objects, mut server) = objects();
+        let sweep = tokio::spawn(async move { objects.sweep_leftovers(true).await });
+
+        let call = server.expect(&format!("GET {JOBS}")).await;
+        assert_eq!(call.param("labelSelector"), Some(OURS));
+        let running = json!({"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "sg-job-2"}});
+        call.answer(200, list("JobList", vec![finished_job("sg-job-1"), running]));
+        server
+            .expect(&format!("DELETE {JOBS}/sg-job-2"))
+            .await
+            .answer(200, deleted());
+
+        // The kept Job's Secrets and PVC are kept with it: they are not even listed.
+        assert_eq!(finished(sweep).await.expect("swept"), 1);
+        server.assert_no_more_calls().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_forbidden_sweep_delete_is_an_error() {
+        let (objects, mut server) = objects();
+        let sweep = tokio::spawn(async move { objects.sweep_leftovers(false).await });
+
+        let running = json!({"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "sg-job-2"}});
+        server
+            .expect(&format!("GET {JOBS}"))
+            .await
+            .answer(200, list("JobList", vec![running]));
+        server
+            .expect(&format!("DELETE {JOBS}/sg-job-2"))
+            .await
+            .fail(403, "Forbidden");
+
+        let error = finished(sweep).await.expect_err("the Role is wrong");
+        assert!(api_error::is_forbidden(&error), "{error}");
+        server.assert_no_more_calls().await;
     }
 }

@@ -9,13 +9,13 @@ use reqwest::{
 use serde::{Serialize, de::DeserializeOwned};
 
 use super::{
-    retry::{RetryPolicy, retry_transient, retry_when},
     run_key::RunKey,
     types::{
         AddExecutionLogEntryRequest, DequeueRequest, ExecutionLogEntry, HeartbeatRequestMulti,
         HeartbeatRequestV1, HeartbeatResponse, Job, MarkRequest, Secret, UpdateExecutionLogEntryRequest,
     },
 };
+use crate::retry::{RetryPolicy, retry_transient, retry_when};
 
 /// Limit for one request/response exchange on the queue routes.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);

@@ -1,10 +1,9 @@
 //! The Sourcegraph executor queue: wire types and the HTTP client.
 
 pub mod client;
-pub mod retry;
 pub mod run_key;
 pub mod types;
 
+pub use crate::retry::RetryPolicy;
 pub use client::{ClientOptions, JobHandle, MarkOutcome, QueueClient, QueueError};
-pub use retry::RetryPolicy;
 pub use run_key::RunKey;

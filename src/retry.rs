@@ -1,11 +1,82 @@
-//! Retrying frontend calls with capped exponential backoff; the one module that knows the backoff crate.
+//! Backoff for everything the executor tries again: frontend calls, the dequeue loop after
+//! frontend errors, and reopening a container log; the one module that knows the backoff crate.
 
 use std::{future::Future, time::Duration};
 
-use backon::{ExponentialBuilder, Retryable as _};
+use backon::{BackoffBuilder as _, ExponentialBackoff, ExponentialBuilder, Retryable as _};
 use tokio::time::Instant;
 
-use super::client::QueueError;
+use crate::queue::QueueError;
+
+/// Steps doubling from `min_delay` to half of `max_delay`, each with up to 100% random jitter
+/// added, so the waits level off between half of `max_delay` and `max_delay`.
+fn jittered_exponential(min_delay: Duration, max_delay: Duration) -> ExponentialBuilder {
+    ExponentialBuilder::new()
+        .with_min_delay(min_delay)
+        .with_max_delay((max_delay / 2).max(min_delay))
+        .without_max_times()
+        .with_jitter()
+        // NB: whether the backoff crate seeds itself depends on its `std` feature, which other
+        // crates switch on or not; unseeded, every process would draw the same jitter sequence
+        // and executors would retry in lockstep.
+        .with_jitter_seed(uuid::Uuid::new_v4().as_u64_pair().0)
+}
+
+/// An endless sequence of jittered, capped, exponentially growing waits between attempts.
+#[derive(Debug)]
+pub struct Backoff {
+    min_delay: Duration,
+    max_delay: Duration,
+    steps: ExponentialBackoff,
+}
+
+impl Backoff {
+    /// The first wait lasts between `min_delay` and twice that; waits double and level off
+    /// between half of `max_delay` and `max_delay`.
+    fn new(min_delay: Duration, max_delay: Duration) -> Self {
+        Self {
+            min_delay,
+            max_delay,
+            steps: jittered_exponential(min_delay, max_delay).build(),
+        }
+    }
+
+    /// The wait after the next failure in a row.
+    pub fn next_delay(&mut self) -> Duration {
+        self.steps.next().unwrap_or(self.max_delay).min(self.max_delay)
+    }
+
+    /// Starts over at the shortest wait, after an attempt succeeded.
+    pub fn reset(&mut self) {
+        *self = Self::new(self.min_delay, self.max_delay);
+    }
+
+    /// The wait after `failures` failures in a row (the first failure is 1).
+    pub fn delay_after(mut self, failures: u32) -> Duration {
+        // Past this many doublings every step is at the cap; skipping more only costs time.
+        const CAPPED_AFTER: u32 = 64;
+        for _ in 1..failures.min(CAPPED_AFTER) {
+            self.next_delay();
+        }
+        self.next_delay()
+    }
+}
+
+/// Waits of the dequeue loop after consecutive frontend errors: from the poll interval (at least
+/// half a second) up to 30 s, so a restarting frontend is not hammered by every executor at once.
+pub fn dequeue_errors(poll_interval: Duration) -> Backoff {
+    Backoff::new(
+        poll_interval.max(Duration::from_millis(500)),
+        Duration::from_secs(30),
+    )
+}
+
+/// Waits before reopening a container log that could not be opened or broke: short at first,
+/// since a stream breaks mostly for a moment (an API server or kubelet restart), up to 5 s while
+/// it keeps failing.
+pub fn log_reconnects() -> Backoff {
+    Backoff::new(Duration::from_millis(200), Duration::from_secs(5))
+}
 
 /// How long and how often a failed frontend call is tried again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,15 +150,7 @@ where
     if policy.max_elapsed.is_zero() {
         return attempt().await;
     }
-    // Jitter adds up to 100% to each step, so the steps stop growing at half the cap.
-    let backoff = ExponentialBuilder::new()
-        .with_min_delay(policy.min_delay)
-        .with_max_delay((policy.max_delay / 2).max(policy.min_delay))
-        .without_max_times()
-        .with_jitter()
-        // NB: the backoff crate is built without its `std` feature, so without a seed every
-        // process would draw the same jitter sequence and executors would retry in lockstep.
-        .with_jitter_seed(uuid::Uuid::new_v4().as_u64_pair().0);
+    let backoff = jittered_exponential(policy.min_delay, policy.max_delay);
     let started = Instant::now();
     let mut failed_attempts: u32 = 0;
     attempt
@@ -180,7 +243,7 @@ mod tests {
         assert_eq!(calls.load(Ordering::SeqCst), 1);
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn gives_up_after_max_elapsed_with_capped_waits() {
         let policy = RetryPolicy::new(
             Duration::from_millis(2),
@@ -196,12 +259,13 @@ mod tests {
         .await;
         assert_eq!(result.err().and_then(|e| e.status()), Some(503));
         let elapsed = started.elapsed();
-        // The last attempt starts within 200 ms; generous slack for a loaded machine.
-        assert!(elapsed < Duration::from_secs(5), "ran {elapsed:?}");
-        // Waits of at most 8 ms allow about 25 attempts; uncapped doubling from 2 ms would allow
-        // at most 7, so 10 proves the cap while leaving room for timer overshoot.
+        // The last attempt starts within 200 ms (timers of the paused clock fire on whole
+        // milliseconds, so the last wait may end up to one late).
+        assert!(elapsed <= Duration::from_millis(201), "ran {elapsed:?}");
+        // Waits of at most 8 ms (9 with rounding) allow at least 22 attempts; uncapped doubling
+        // from 2 ms would allow at most 7.
         let calls = calls.load(Ordering::SeqCst);
-        assert!(calls >= 10, "only {calls} attempts");
+        assert!(calls >= 22, "only {calls} attempts");
     }
 
     #[tokio::test]
@@ -219,5 +283,69 @@ mod tests {
         .await;
         assert_eq!(result.err().and_then(|e| e.status()), Some(503));
         assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
+
+    fn assert_within(delay: Duration, from: Duration, to: Duration) {
+        assert!(
+            from <= delay && delay <= to,
+            "{delay:?} not within {from:?}..={to:?}"
+        );
+    }
+
+    #[test]
+    fn dequeue_error_waits_double_from_the_poll_interval_and_level_off_at_the_cap() {
+        let second = Duration::from_secs(1);
+        for _ in 0..50 {
+            assert_within(dequeue_errors(second).delay_after(1), second, 2 * second);
+            assert_within(dequeue_errors(second).delay_after(3), 4 * second, 8 * second);
+            assert_within(dequeue_errors(second).delay_after(30), 15 * second, 30 * second);
+            assert_within(
+                dequeue_errors(Duration::from_millis(10)).delay_after(1),
+                Duration::from_millis(500),
+                second,
+            );
+        }
+    }
+
+    #[test]
+    fn log_reconnect_waits_grow_while_failing_and_start_over_after_a_reset() {
+        let mut backoff = log_reconnects();
+        assert_within(
+            backoff.next_delay(),
+            Duration::from_millis(200),
+            Duration::from_millis(400),
+        );
+        assert_within(
+            backoff.next_delay(),
+            Duration::from_millis(400),
+            Duration::from_millis(800),
+        );
+        for _ in 0..20 {
+            backoff.next_delay();
+        }
+        assert_within(
+            backoff.next_delay(),
+            Duration::from_millis(2500),
+            Duration::from_secs(5),
+        );
+        backoff.reset();
+        assert_within(
+            backoff.next_delay(),
+            Duration::from_millis(200),
+            Duration::from_millis(400),
+        );
+    }
+
+    #[test]
+    fn each_backoff_draws_its_own_jitter() {
+        let first_waits: Vec<Duration> = (0..4).map(|_| log_reconnects().next_delay()).collect();
+        let mut distinct = first_waits.clone();
+        distinct.sort();
+        distinct.dedup();
+        assert_eq!(
+            distinct.len(),
+            first_waits.len(),
+            "executors would retry in lockstep: {first_waits:?}"
+        );
     }
 }
