@@ -1,11 +1,19 @@
 //! kube-executor: runs Sourcegraph executor queue jobs as Kubernetes Jobs.
 //!
 //! ```text
-//! queue poll → slot → create Secret+Job → shared pod watch → follow logs → pod terminal
-//!            → final log flush → delete Job → markComplete / markErrored / markFailed
+//! main.rs ─ config::Config::from_env ─ run
+//!   run ─ Executor::assemble (clients, k8s::watch::ClusterView, slots) ─ health::bind
+//!       ─ Executor::serve: k8s::preflight ─ runner::ping_until_answered ─ sweep leftovers
+//!           ├─ runner::heartbeat_loop   every 5 s: running RunKeys → cancelIds / knownIds → job::registry
+//!           └─ runner::dequeue_loop     slot → dequeue → RunKey → job::run (one task per job)
+//!   job::run ─ registry ─ fetch files ─ k8s::job_spec (objects) ─ k8s::objects::create
+//!            ─ job::supervise (shared pod watch, k8s::failure verdicts)
+//!                 └─ job::follow, one per container: k8s::logs → log_entry (entries in pod order)
+//!            ─ job::report: teardown (delete Job) ─ markComplete / markErrored / markFailed
 //! ```
 //!
-//! `main.rs` only wires configuration and signals into [`run`].
+//! `context::Deps` is what the loops, the job tasks and the health server share; `queue` speaks
+//! the frontend's protocol and `retry` is the one place that knows the backoff library.
 
 pub mod config;
 mod context;
