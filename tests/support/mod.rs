@@ -255,7 +255,13 @@ impl Drop for Executor {
     fn drop(&mut self) {
         if std::thread::panicking() {
             let text = self.log_text();
-            let tail: Vec<&str> = text.lines().rev().take(60).collect();
+            // Idle polling says nothing about a failure; leave it out so the tail shows the rest.
+            let tail: Vec<&str> = text
+                .lines()
+                .filter(|l| !l.contains(r#"op="dequeue" status=204"#))
+                .rev()
+                .take(80)
+                .collect();
             eprintln!("---- executor log tail ({}) ----", self.log.display());
             for line in tail.iter().rev() {
                 eprintln!("{line}");
