@@ -219,15 +219,38 @@ fn apply_heartbeat_response(deps: &Deps, sent: &[RunKey], response: &HeartbeatRe
 
 /// The key of a dequeued job: its queue is the one the frontend named (multi-queue), else the
 /// executor's only queue. The one place a job's queue is resolved.
-fn run_key(queues: &QueueSelection, job: &Job) -> RunKey {
+///
+/// # Errors
+/// In multi-queue mode, a job from a queue this executor was not configured for: the message
+/// to mark it failed with (its key is then only good for that).
+fn run_key(queues: &QueueSelection, job: &Job) -> Result<RunKey, (RunKey, String)> {
     match queues {
-        QueueSelection::Single(queue) if job.queue.is_empty() => RunKey::single(job.id, queue),
-        QueueSelection::Single(_) => RunKey::single(job.id, &job.queue),
+        QueueSelection::Single(queue) if job.queue.is_empty() => Ok(RunKey::single(job.id, queue)),
+        QueueSelection::Single(_) => Ok(RunKey::single(job.id, &job.queue)),
         // A multi-queue frontend always names the queue; an older one falls back to the first.
         QueueSelection::Multi(queues) if job.queue.is_empty() => {
-            RunKey::multi(job.id, queues.first().map_or("", String::as_str))
+            Ok(RunKey::multi(job.id, queues.first().map_or("", String::as_str)))
         }
-        QueueSelection::Multi(_) => RunKey::multi(job.id, &job.queue),
+        QueueSelection::Multi(queues) if queues.contains(&job.queue) => Ok(RunKey::multi(job.id, &job.queue)),
+        // The executor's resources and RBAC were sized for its queues only.
+        QueueSelection::Multi(queues) => Err((
+            RunKey::multi(job.id, &job.queue),
+            format!(
+                "the job came from queue {:?}, which is not one of this executor's queues \
+                 (EXECUTOR_QUEUE_NAMES={})",
+                job.queue,
+                queues.join(",")
+            ),
+        )),
+    }
+}
+
+/// Marks a dequeued job failed without running it.
+async fn fail_unrun(deps: &Deps, job: &crate::queue::client::JobHandle, message: &str) {
+    deps.events.record(Event::JobPermanentlyFailed);
+    warn!(job_id = job.id, queue = %job.queue, message, "not running the dequeued job; marking it failed");
+    if let Err(error) = deps.queue.mark_failed(job, message).await {
+        warn!(job_id = job.id, %error, "could not mark the job failed");
     }
 }
 
@@ -273,9 +296,17 @@ pub async fn dequeue_loop(deps: Deps, slots: std::sync::Arc<Slots>, jobs: TaskTr
                 dequeued += 1;
                 deps.events.record(Event::JobDequeued);
                 info!(job_id = job.id, queue = %job.queue, "dequeued a job");
-                let stop = shutdown.force.child_token();
-                let key = run_key(&cfg.queues, &job);
-                jobs.spawn(job::run(deps.clone(), key, job, permit, stop));
+                match run_key(&cfg.queues, &job) {
+                    Ok(key) => {
+                        let stop = shutdown.force.child_token();
+                        jobs.spawn(job::run(deps.clone(), key, job, permit, stop));
+                    }
+                    Err((key, message)) => {
+                        drop(permit);
+                        let handle = crate::queue::client::JobHandle::new(&key, job.token.clone());
+                        fail_unrun(&deps, &handle, &message).await;
+                    }
+                }
             }
             Ok(None) => {
                 consecutive_errors = 0;
@@ -288,12 +319,8 @@ pub async fn dequeue_loop(deps: Deps, slots: std::sync::Arc<Slots>, jobs: TaskTr
             Err(crate::queue::client::QueueError::UnreadableJob { job, reason }) => {
                 drop(permit);
                 dequeued += 1;
-                deps.events.record(Event::JobPermanentlyFailed);
-                warn!(job_id = job.id, %reason, "dequeued a job whose payload cannot be read; marking it failed");
                 let message = format!("the executor could not read the job payload: {reason}");
-                if let Err(error) = deps.queue.mark_failed(&job, &message).await {
-                    warn!(job_id = job.id, %error, "could not mark the unreadable job failed");
-                }
+                fail_unrun(&deps, &job, &message).await;
             }
             Err(error) => {
                 drop(permit);
@@ -359,9 +386,35 @@ mod tests {
     fn the_queue_is_resolved_once_into_the_run_key() {
         let single = QueueSelection::Single("batches".into());
         let multi = QueueSelection::Multi(vec!["codeintel".into(), "batches".into()]);
-        assert_eq!(run_key(&single, &dequeued(7, "")), RunKey::single(7, "batches"));
-        assert_eq!(run_key(&multi, &dequeued(7, "batches")).to_string(), "7-batches");
-        assert_eq!(run_key(&multi, &dequeued(7, "")), RunKey::multi(7, "codeintel"));
+        assert_eq!(
+            run_key(&single, &dequeued(7, "")),
+            Ok(RunKey::single(7, "batches"))
+        );
+        assert_eq!(
+            run_key(&multi, &dequeued(7, "batches")).map(|key| key.to_string()),
+            Ok("7-batches".to_string())
+        );
+        assert_eq!(
+            run_key(&multi, &dequeued(7, "")),
+            Ok(RunKey::multi(7, "codeintel"))
+        );
+    }
+
+    #[test]
+    fn a_job_from_an_unconfigured_queue_is_refused_with_the_queues() {
+        let multi = QueueSelection::Multi(vec!["codeintel".into(), "batches".into()]);
+        let (key, message) =
+            run_key(&multi, &dequeued(7, "other")).expect_err("not one of the executor's queues");
+        assert_eq!(
+            key,
+            RunKey::multi(7, "other"),
+            "marked failed on the queue it came from"
+        );
+        assert!(message.contains("queue \"other\""), "{message}");
+        assert!(
+            message.contains("EXECUTOR_QUEUE_NAMES=codeintel,batches"),
+            "{message}"
+        );
     }
 
     #[test]

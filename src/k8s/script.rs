@@ -98,13 +98,51 @@ fn under(root: &str, relative: &str) -> String {
     }
 }
 
+/// Longest file name most file systems (ext4, xfs, overlayfs) accept, in bytes.
+pub const MAX_FILE_NAME_BYTES: usize = 255;
+
+/// Length of the hash that keeps a shortened repository part of a script name unique.
+const NAME_HASH_LEN: usize = 12;
+
 /// File name of the script of docker step `step_index`:
 /// `<jobID>.<i>_<repositoryName with / → _>@<commit>.sh`, as Sourcegraph names it.
+///
+/// Bytes other than ASCII letters, digits, `.`, `-` and `_` become `_` (so `/` does, as upstream),
+/// which keeps the name one plain path component whatever the payload holds. A repository part
+/// that would make the name longer than [`MAX_FILE_NAME_BYTES`] is cut and ends with a hash of
+/// the whole repository name, so two long names sharing a prefix still get different scripts.
 pub fn step_script_name(job_id: i64, step_index: usize, repository_name: &str, commit: &str) -> String {
-    format!(
-        "{job_id}.{step_index}_{}@{commit}.sh",
-        repository_name.replace('/', "_")
-    )
+    let prefix = format!("{job_id}.{step_index}_");
+    let suffix = format!("@{}.sh", file_name_safe(commit));
+    let mut repository = file_name_safe(repository_name);
+    let budget = MAX_FILE_NAME_BYTES.saturating_sub(prefix.len() + suffix.len());
+    if repository.len() > budget {
+        let hash = format!("{:016x}", fnv1a64(repository_name.as_bytes()));
+        // Every byte is ASCII, so any cut is on a character boundary.
+        repository.truncate(budget.saturating_sub(NAME_HASH_LEN + 1));
+        repository.push('-');
+        repository.push_str(&hash[..NAME_HASH_LEN]);
+    }
+    format!("{prefix}{repository}{suffix}")
+}
+
+/// `value` with every byte outside `[A-Za-z0-9._-]` replaced by `_`.
+fn file_name_safe(value: &str) -> String {
+    value
+        .chars()
+        .map(|c| match c {
+            'a'..='z' | 'A'..='Z' | '0'..='9' | '.' | '-' | '_' => c,
+            _ => '_',
+        })
+        .collect()
+}
+
+/// 64-bit FNV-1a: stable across builds and platforms (names must not change between executor
+/// versions), and only needs to tell names apart, not resist an adversary.
+fn fnv1a64(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
+        (hash ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 /// Absolute path of a step script inside the pod.
@@ -266,8 +304,14 @@ impl SetupScript<'_> {
         if sparse {
             fetch_flags.push("--filter=blob:none");
         }
+        // The trailing `--` makes the commit a revision, never a path. No `--end-of-options`
+        // here: not every git a step image may carry reads it after `checkout` as the end of
+        // options. The commit is a validated hex object id, so it cannot look like one anyway.
+        let checkout = format!("-c advice.detachedHead=false checkout --no-progress --force {commit} --");
+        // No progress meter: its `\r` lines would fill the setup log entry. `--end-of-options`
+        // (git 2.24+) keeps a payload value from ever being read as an option.
         lines.push(format!(
-            "{git} {auth} fetch --progress --no-recurse-submodules {} origin {commit}",
+            "{git} {auth} fetch --no-progress --no-recurse-submodules {} --end-of-options origin {commit}",
             fetch_flags.join(" ")
         ));
         if sparse {
@@ -278,18 +322,14 @@ impl SetupScript<'_> {
                 patterns.join(" ")
             ));
             // The checkout fetches the blobs the patterns select, so it needs the credentials too.
-            lines.push(format!(
-                "{git} {auth} -c advice.detachedHead=false checkout --progress --force {commit}"
-            ));
+            lines.push(format!("{git} {auth} {checkout}"));
         } else {
-            lines.push(format!(
-                "{git} -c advice.detachedHead=false checkout --progress --force {commit}"
-            ));
+            lines.push(format!("{git} {checkout}"));
         }
         // As the docker and firecracker runtimes do: indexers read the repository name from the
         // origin URL, and the frontend's URL need not stay in the workspace.
         lines.push(format!(
-            "{git} remote set-url origin {}",
+            "{git} remote set-url --end-of-options origin {}",
             shell_quote(self.repository_name)
         ));
     }
@@ -398,7 +438,9 @@ pub(crate) mod tests {
         let script = setup(&[], &[]).render();
         assert!(script.starts_with("set -e\n"), "{script}");
         assert!(
-            script.contains("fetch --progress --no-recurse-submodules --no-tags --depth=1 origin '0123"),
+            script.contains(
+                "fetch --no-progress --no-recurse-submodules --no-tags --depth=1 --end-of-options origin '0123"
+            ),
             "{script}"
         );
         assert!(script.contains("git -C '/job/repository' init"), "{script}");
@@ -434,7 +476,9 @@ pub(crate) mod tests {
         spec.git_ca_cert = Some("/etc/ssl/ca.pem");
         let script = spec.render();
         assert!(
-            script.contains("fetch --progress --no-recurse-submodules --tags --filter=blob:none origin"),
+            script.contains(
+                "fetch --no-progress --no-recurse-submodules --tags --filter=blob:none --end-of-options origin"
+            ),
             "{script}"
         );
         assert!(!script.contains("--depth"), "{script}");
@@ -448,7 +492,7 @@ pub(crate) mod tests {
             "{script}"
         );
         let sparse_at = script.find("sparse-checkout set").expect("sparse set present");
-        let checkout_at = script.find("checkout --progress").expect("checkout present");
+        let checkout_at = script.find("checkout --no-progress").expect("checkout present");
         assert!(
             sparse_at < checkout_at,
             "sparse patterns are set before the checkout"
@@ -646,6 +690,56 @@ pub(crate) mod tests {
         );
     }
 
+    #[test]
+    fn step_script_names_are_one_plain_path_component() {
+        assert_eq!(
+            step_script_name(1, 0, "github.com/o/r ../$(x)", "c0ffee"),
+            "1.0_github.com_o_r_..___x_@c0ffee.sh"
+        );
+        assert_eq!(step_script_name(1, 0, "r", "a;b`c"), "1.0_r@a_b_c.sh");
+    }
+
+    #[test]
+    fn long_repository_names_are_cut_with_a_hash_to_stay_unique() {
+        let commit = "f".repeat(64);
+        let long_a = format!("github.com/o/{}a", "x".repeat(400));
+        let long_b = format!("github.com/o/{}b", "x".repeat(400));
+        let a = step_script_name(i64::MAX, 999, &long_a, &commit);
+        let b = step_script_name(i64::MAX, 999, &long_b, &commit);
+        assert_eq!(a.len(), MAX_FILE_NAME_BYTES, "{a}");
+        assert!(b.len() <= MAX_FILE_NAME_BYTES, "{b}");
+        assert_ne!(a, b, "same prefix, different repositories");
+        assert!(a.ends_with(&format!("@{commit}.sh")), "{a}");
+        assert_eq!(
+            a,
+            step_script_name(i64::MAX, 999, &long_a, &commit),
+            "deterministic"
+        );
+        let exact = "r".repeat(MAX_FILE_NAME_BYTES - "1.0_@c.sh".len());
+        assert_eq!(
+            step_script_name(1, 0, &exact, "c"),
+            format!("1.0_{exact}@c.sh"),
+            "a name that fits is kept whole"
+        );
+        // The name really is usable as a file name.
+        let temp = TempDir::new("long-name");
+        std::fs::write(temp.path().join(&a), "x").expect("a 255-byte name is a valid file name");
+    }
+
+    #[test]
+    fn setup_git_prints_no_progress_and_ends_options_before_payload_values() {
+        let script = setup(&[], &["a/*".to_string()]).render();
+        assert!(!script.contains("--progress"), "{script}");
+        assert!(
+            script.contains("checkout --no-progress --force '0123456789abcdef0123456789abcdef01234567' --\n"),
+            "{script}"
+        );
+        assert!(
+            script.contains("remote set-url --end-of-options origin 'github.com/sourcegraph/sample'"),
+            "{script}"
+        );
+    }
+
     /// A repository served over `file://` at the path the clone URL names, with two directories,
     /// two commits and a tag, so the real setup program can be run against it.
     struct Origin {
@@ -705,6 +799,8 @@ pub(crate) mod tests {
             "setup failed: {}\n{script}",
             text(&out.stderr)
         );
+        let output = format!("{}{}", text(&out.stdout), text(&out.stderr));
+        assert!(!output.contains('\r'), "git printed progress lines: {output:?}");
         job_dir.join("repository")
     }
 

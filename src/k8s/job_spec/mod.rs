@@ -1,6 +1,7 @@
 //! Pure builders of the Kubernetes objects of one queue job: Job, Secrets, PVC, and the log-entry map.
 
 mod meta;
+mod payload;
 mod pod;
 mod secret;
 mod steps;
@@ -120,6 +121,14 @@ pub enum SpecError {
     PathOutsideWorkspace { what: String, path: String },
     #[error("{what} {path:?} names the workspace root, not a file")]
     FilePathEmpty { what: String, path: String },
+    #[error("workspace file {path:?} {problem}")]
+    InvalidWorkspaceFile { path: String, problem: String },
+    #[error("job ID {id} is negative; queue job IDs are never negative")]
+    NegativeJobId { id: i64 },
+    #[error(
+        "the job's commit {commit:?} is not a full hex object id (40 hex digits for SHA-1, 64 for SHA-256)"
+    )]
+    InvalidCommit { commit: String },
     #[error("the job's dockerAuthConfig is unusable: {reason}")]
     InvalidDockerAuthConfig { reason: String },
     #[error("Job name {name:?} is not a valid DNS label of at most 63 characters (check the queue name)")]
@@ -181,6 +190,8 @@ fn validated_job_name(ctx: &JobContext<'_>) -> Result<String, SpecError> {
     if !ctx.job.cli_steps.is_empty() {
         return Err(SpecError::CliStepsUnsupported);
     }
+    payload::check_job_id(ctx.job.id)?;
+    payload::check_commit(&ctx.job.commit, &ctx.job.repository_name)?;
     let name = labels::job_name(ctx.queue, ctx.job.id);
     if !labels::is_dns_label(&name) {
         return Err(SpecError::InvalidJobName { name });

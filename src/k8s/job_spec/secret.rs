@@ -7,7 +7,7 @@ use k8s_openapi::{ByteString, api::core::v1::Secret};
 use super::{
     MAX_SECRET_BYTES, SpecError, TOKEN_KEY, WorkspaceFile, labels,
     meta::JobMeta,
-    normalize,
+    payload,
     script::{self, StagedFile},
     steps::StepPlan,
 };
@@ -44,14 +44,8 @@ impl SecretPlan {
     /// They travel in the Secret, not in the pod spec: anyone allowed to read pods could read
     /// them there, and large files would bloat (or break) the Job object.
     pub(super) fn stage_workspace_files(&mut self, files: &[WorkspaceFile]) -> Result<(), SpecError> {
-        for file in files {
-            let path = normalize(&file.path, "workspace file")?;
-            if path.is_empty() {
-                return Err(SpecError::FilePathEmpty {
-                    what: "workspace file".into(),
-                    path: file.path.clone(),
-                });
-            }
+        let paths = payload::workspace_file_paths(files)?;
+        for (file, path) in files.iter().zip(paths) {
             self.stage(path, file.content.clone(), file.modified_at);
         }
         Ok(())

@@ -643,6 +643,57 @@ fn paths_leaving_the_workspace_are_rejected_by_name() {
 }
 
 #[test]
+fn hostile_payload_values_are_rejected_before_any_object_is_built() {
+    let cfg = test_config();
+    let mut job = batches_job();
+    job.commit = "$(touch /tmp/pwned)".into();
+    let err = build(&job, &[], &cfg).err().expect("non-hex commit rejected");
+    assert!(matches!(err, SpecError::InvalidCommit { .. }), "{err}");
+    assert!(
+        err.to_string().contains("commit \"$(touch /tmp/pwned)\""),
+        "{err}"
+    );
+
+    let mut job = batches_job();
+    job.id = -3;
+    let err = build(&job, &[], &cfg).err().expect("negative id rejected");
+    assert!(matches!(err, SpecError::NegativeJobId { id: -3 }), "{err}");
+
+    for files in [
+        vec![WorkspaceFile {
+            path: "nextIndex.sh".into(),
+            ..input_file()
+        }],
+        vec![
+            input_file(),
+            WorkspaceFile {
+                path: "input.json/inner".into(),
+                ..input_file()
+            },
+        ],
+    ] {
+        let err = build(&batches_job(), &files, &cfg).err().expect("file rejected");
+        assert!(matches!(err, SpecError::InvalidWorkspaceFile { .. }), "{err}");
+    }
+}
+
+#[test]
+fn a_long_repository_name_keeps_script_names_short_and_distinct() {
+    let mut job = batches_job();
+    job.repository_name = format!("github.com/o/{}", "r".repeat(300));
+    let objects = build(&job, &[], &test_config()).expect("buildable");
+    let scripts: std::collections::BTreeSet<&str> = objects.steps[1..objects.steps.len() - 1]
+        .iter()
+        .map(|step| step.command.last().expect("script path").as_str())
+        .collect();
+    assert_eq!(scripts.len(), job.docker_steps.len(), "one script per step");
+    for script in scripts {
+        let name = script.rsplit('/').next().expect("file name");
+        assert!(name.len() <= script::MAX_FILE_NAME_BYTES, "{name}");
+    }
+}
+
+#[test]
 fn malformed_step_env_is_rejected_without_echoing_it() {
     let mut job = batches_job();
     job.docker_steps[2].env = vec!["OK=1".into(), "hunter2".into()];

@@ -1,0 +1,126 @@
+//! End-to-end: payload values that could reach a shell, git or a file name are refused before anything is created, and the next job still runs.
+
+mod support;
+
+use std::time::Duration;
+
+use dev_frontend::{JobFile, JobState, NewJob};
+use support::{Env, job, step};
+
+const TIMEOUT: Duration = Duration::from_secs(120);
+
+fn error_of(record: &dev_frontend::JobRecord) -> String {
+    record.error_message.clone().unwrap_or_default()
+}
+
+/// A file the payload puts into the workspace.
+fn with_file(mut new_job: NewJob, path: &str) -> NewJob {
+    new_job.files.insert(
+        path.to_string(),
+        JobFile {
+            content: Some("payload file".into()),
+            ..JobFile::default()
+        },
+    );
+    new_job
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_payloads_fail_permanently_before_anything_is_created() {
+    let env = Env::start().await;
+    let marker = std::env::temp_dir().join(format!("kube-executor-injected-{}", uuid::Uuid::new_v4()));
+    let marker_text = marker.display().to_string();
+
+    let mut injected = job(vec![step("run", &["echo should-not-run"])]);
+    injected.repository_name = "github.com/acme/widgets".into();
+    injected.commit = format!("$(touch {marker_text})");
+    let mut option = job(vec![step("run", &["echo should-not-run"])]);
+    option.repository_name = "github.com/acme/widgets".into();
+    option.commit = format!("--upload-pack=touch {marker_text}");
+    let helper = with_file(job(vec![step("run", &["echo should-not-run"])]), "nextIndex.sh");
+    let nested = with_file(
+        with_file(job(vec![step("run", &["echo should-not-run"])]), "a"),
+        "a/b",
+    );
+    let cases = [
+        (env.frontend.enqueue(injected), "commit \"$(touch "),
+        (env.frontend.enqueue(option), "commit \"--upload-pack="),
+        (env.frontend.enqueue(helper), "workspace file \"nextIndex.sh\""),
+        (
+            env.frontend.enqueue(nested),
+            "workspace file \"a\" is also the directory",
+        ),
+    ];
+
+    let _executor = env.spawn_executor(&[]);
+    for (id, problem) in cases {
+        let record = env.wait_terminal(id, TIMEOUT).await;
+        assert_eq!(record.state, JobState::Failed, "{record:#?}");
+        assert_eq!(record.num_failures, 0, "never retried: {record:#?}");
+        let message = error_of(&record);
+        assert!(message.contains(problem), "{problem:?} not in {message:?}");
+        assert!(
+            record
+                .log_entries
+                .iter()
+                .all(|e| !e.out.contains("should-not-run")),
+            "{record:#?}"
+        );
+    }
+    assert_eq!(env.our_objects().await, (0, 0, 0), "refused jobs create nothing");
+
+    let good = env
+        .frontend
+        .enqueue(job(vec![step("good", &["echo good-job-ran"])]));
+    let record = env.wait_terminal(good, TIMEOUT).await;
+    assert_eq!(record.state, JobState::Completed, "{record:#?}");
+    assert!(
+        record.log_entries.iter().any(|e| e.out.contains("good-job-ran")),
+        "{record:#?}"
+    );
+    env.wait_no_objects(Duration::from_secs(30)).await;
+    assert!(!marker.exists(), "a payload value ran as a command");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repository_name_longer_than_a_file_name_still_runs() {
+    let env = Env::start().await;
+    // 250 bytes, in short components the frontend can store; with `/` → `_` in the step script
+    // name it alone is near the 255-byte file name limit.
+    let name = format!("github.com/{}", "abcdefghi/".repeat(24).trim_end_matches('/'));
+    let commit = env
+        .frontend
+        .create_repo(&name, &[("README.md", "long-named repository\n")])
+        .await
+        .expect("create repository");
+    let mut new_job = job(vec![
+        step("one", &["cat README.md"]),
+        step("two", &["git log --format=%H -1"]),
+    ]);
+    new_job.repository_name = name;
+    new_job.commit = commit.clone();
+    let id = env.frontend.enqueue(new_job);
+
+    let _executor = env.spawn_executor(&[]);
+    let record = env.wait_terminal(id, TIMEOUT).await;
+    assert_eq!(record.state, JobState::Completed, "{record:#?}");
+    let out = |key: &str| {
+        record
+            .log_entries
+            .iter()
+            .find(|e| e.key == key)
+            .map(|e| e.out.clone())
+            .unwrap_or_else(|| panic!("no entry {key}: {record:#?}"))
+    };
+    assert!(
+        out("step.kubernetes.one").contains("long-named repository"),
+        "{record:#?}"
+    );
+    assert!(out("step.kubernetes.two").contains(&commit), "{record:#?}");
+    assert!(
+        !out("setup.workspace").contains('\r'),
+        "git progress in the setup log: {:?}",
+        out("setup.workspace")
+    );
+    env.wait_no_objects(Duration::from_secs(30)).await;
+}
