@@ -117,13 +117,8 @@ pub async fn follow(
     let mut reconnect = retry::log_reconnects();
     // Failures to open in a row, so that a log that stays unreadable is reported now and then.
     let mut failures: u32 = 0;
-    let mut first = true;
     loop {
         let since_time = cursor.resume();
-        if !first {
-            events.record(Event::LogStreamResumed);
-        }
-        first = false;
         let terminated_before_open = probe.terminated();
         let params = LogParams {
             container: Some(container.to_string()),
@@ -136,38 +131,78 @@ pub async fn follow(
             _ = stop.cancelled() => return Ok(()),
             opened = pods.log_stream(pod, &params) => opened,
         };
-        let clean_end = match opened {
+        let outcome = match opened {
             Ok(reader) => {
                 failures = 0;
                 reconnect.reset();
                 match read_stream(reader, container, &mut cursor, stop, &mut on_line).await {
                     StreamEnd::Stopped => return Ok(()),
-                    StreamEnd::Clean => true,
-                    StreamEnd::Broken => false,
+                    StreamEnd::Clean => Outcome::Ended,
+                    StreamEnd::Broken => Outcome::Broke,
                 }
             }
             Err(error) => {
                 open_failed(&error, container, probe, &mut failures)?;
-                false
+                Outcome::NotOpened
             }
         };
-        if clean_end && (terminated_before_open || probe.terminated()) {
+        let ended = outcome == Outcome::Ended;
+        if ended && (terminated_before_open || probe.terminated()) {
             return Ok(());
         }
         if probe.pod_gone() {
             return Err(FollowError::PodGone);
         }
-        // Wait for news about the container (or a pause), so a stream that ended before the watch
-        // reported the termination, or one that keeps failing, is not reopened in a tight loop.
-        let pause = if clean_end {
+        let pause = if ended {
             Duration::from_secs(1)
         } else {
             reconnect.next_delay()
         };
+        if !wait_before_reopening(ended, pause, probe, &mut changes, stop).await {
+            return Ok(());
+        }
+        // A stream that ended only because the container did (the watch was late to say so) is
+        // read to its end once more, but it did not break: only a broken stream, or one cut while
+        // the container runs on, counts as resumed.
+        if outcome == Outcome::Broke || (ended && !probe.terminated()) {
+            events.record(Event::LogStreamResumed);
+        }
+    }
+}
+
+/// How one attempt at the log went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    /// The stream was read to its end.
+    Ended,
+    /// The stream failed while being read.
+    Broke,
+    /// The stream could not be opened.
+    NotOpened,
+}
+
+/// Waits for news about the container or the end of `pause`, so a stream that ended before the
+/// watch reported the termination, or one that keeps failing, is not reopened in a tight loop.
+/// After a stream `ended`, only the container's termination is news. Returns `false` when `stop`
+/// was cancelled.
+async fn wait_before_reopening(
+    ended: bool,
+    pause: Duration,
+    probe: &dyn ContainerProbe,
+    changes: &mut watch::Receiver<u64>,
+    stop: &CancellationToken,
+) -> bool {
+    let mut deadline = std::pin::pin!(tokio::time::sleep(pause));
+    loop {
         tokio::select! {
-            _ = stop.cancelled() => return Ok(()),
-            _ = changes.changed() => {}
-            _ = tokio::time::sleep(pause) => {}
+            _ = stop.cancelled() => return false,
+            _ = &mut deadline => return true,
+            changed = changes.changed() => {
+                // A closed channel brings no more news: waiting on it would spin.
+                if changed.is_err() || !ended || probe.terminated() {
+                    return true;
+                }
+            }
         }
     }
 }
@@ -518,6 +553,8 @@ mod tests {
         struct FakeContainer {
             terminated: AtomicBool,
             pod_gone: AtomicBool,
+            /// Notified when the follower asks whether the pod is gone: it then decides how to go on.
+            asked_pod_gone: tokio::sync::Notify,
         }
 
         impl ContainerProbe for FakeContainer {
@@ -525,6 +562,7 @@ mod tests {
                 self.terminated.load(Ordering::SeqCst)
             }
             fn pod_gone(&self) -> bool {
+                self.asked_pod_gone.notify_one();
                 self.pod_gone.load(Ordering::SeqCst)
             }
         }
@@ -534,7 +572,7 @@ mod tests {
             container: Arc<FakeContainer>,
             events: Events,
             result: tokio::task::JoinHandle<(Result<(), FollowError>, Vec<String>)>,
-            _changes: watch::Sender<u64>,
+            changes: watch::Sender<u64>,
         }
 
         /// Follows container `main` of `pod-1` in `ns` on its own task.
@@ -567,7 +605,7 @@ mod tests {
                 container,
                 events,
                 result,
-                _changes: changes,
+                changes,
             }
         }
 
@@ -741,6 +779,33 @@ mod tests {
             let (result, lines) = testing::finished(f.result).await;
             result.expect("the log was read to its end");
             assert_eq!(lines, ["one", "two"]);
+            assert_eq!(
+                f.events.snapshot().get(Event::LogStreamResumed.label()),
+                Some(&1),
+                "cut while the container ran on"
+            );
+            f.server.assert_no_more_calls().await;
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn a_stream_that_ended_with_the_container_is_read_again_but_not_counted_as_resumed() {
+            let mut f = start(FakeContainer::default());
+
+            expect_open(&mut f.server)
+                .await
+                .stream_lines(&["2026-01-01T00:00:01Z last"], false);
+            // The watch reports the termination only after the stream ended.
+            f.container.asked_pod_gone.notified().await;
+            f.container.terminated.store(true, Ordering::SeqCst);
+            f.changes.send_modify(|n| *n += 1);
+            let call = expect_open(&mut f.server).await;
+            assert_eq!(call.param("sinceTime"), Some("2026-01-01T00:00:01Z"));
+            call.stream_lines(&["2026-01-01T00:00:01Z last"], false);
+
+            let (result, lines) = testing::finished(f.result).await;
+            result.expect("the log was read to its end");
+            assert_eq!(lines, ["last"]);
+            assert_eq!(f.events.snapshot().get(Event::LogStreamResumed.label()), None);
             f.server.assert_no_more_calls().await;
         }
 
