@@ -90,13 +90,14 @@ impl LogEntryWriter {
         if self.truncated {
             return;
         }
-        let line = format!("stdout: {}\n", self.redactor.redact(line));
         let notice = truncation_notice(self.max_bytes);
-        if self.entry.out.len() + line.len() + notice.len() > self.max_bytes {
-            self.entry.out.push_str(&notice);
-            self.truncated = true;
-            self.events.record(Event::LogEntryTruncated);
-        } else {
+        for line in output_lines(&self.redactor, line) {
+            if self.entry.out.len() + line.len() + notice.len() > self.max_bytes {
+                self.entry.out.push_str(&notice);
+                self.truncated = true;
+                self.events.record(Event::LogEntryTruncated);
+                break;
+            }
             self.entry.out.push_str(&line);
         }
         self.dirty = true;
@@ -142,6 +143,21 @@ impl LogEntryWriter {
     }
 }
 
+/// The entry lines for one output line, redacted and prefixed. A viewer shows the parts of a line
+/// as separate lines: progress output overwrites itself with a
+/// lone `\r`, and every part must carry the `stdout: ` prefix. A final `\r` (of a `\r\n` ending)
+/// only ends the line.
+fn output_lines(redactor: &Redactor, line: &str) -> Vec<String> {
+    // Redacted whole first, so a secret that spans a carriage return is still found.
+    let redacted = redactor.redact(line);
+    redacted
+        .strip_suffix('\r')
+        .unwrap_or(&redacted)
+        .split('\r')
+        .map(|segment| format!("stdout: {segment}\n"))
+        .collect()
+}
+
 /// Sends a finished entry in one call (used for teardown entries, which have no live output).
 ///
 /// # Errors
@@ -165,4 +181,51 @@ pub async fn send_complete_entry(
         duration_ms: Some(i64::try_from(started.1.elapsed().as_millis()).unwrap_or(i64::MAX)),
     };
     client.add_execution_log_entry(job, &entry).await.map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    fn redactor() -> Redactor {
+        Redactor::new(
+            "",
+            &BTreeMap::from([("s3cr3t".to_string(), "[SECRET]".to_string())]),
+        )
+    }
+
+    #[test]
+    fn every_carriage_return_segment_is_its_own_prefixed_line() {
+        assert_eq!(
+            output_lines(&redactor(), "a\rb\rc"),
+            ["stdout: a\n", "stdout: b\n", "stdout: c\n"]
+        );
+        assert_eq!(
+            output_lines(
+                &redactor(),
+                "remote: Counting objects:  66% (2/3)\rremote: Counting objects: 100% (3/3), done."
+            ),
+            [
+                "stdout: remote: Counting objects:  66% (2/3)\n",
+                "stdout: remote: Counting objects: 100% (3/3), done.\n"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_carriage_return_before_the_newline_only_ends_the_line() {
+        assert_eq!(output_lines(&redactor(), "done\r"), ["stdout: done\n"]);
+        assert_eq!(output_lines(&redactor(), ""), ["stdout: \n"]);
+        assert_eq!(output_lines(&redactor(), "\r"), ["stdout: \n"]);
+    }
+
+    #[test]
+    fn each_segment_is_redacted() {
+        assert_eq!(
+            output_lines(&redactor(), "x s3cr3t\rs3cr3t y\rs3c"),
+            ["stdout: x [SECRET]\n", "stdout: [SECRET] y\n", "stdout: s3c\n"]
+        );
+    }
 }

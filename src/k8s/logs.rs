@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use futures_util::{AsyncBufRead, AsyncBufReadExt, TryStreamExt};
+use futures_util::{AsyncBufRead, AsyncBufReadExt};
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Pod;
 use kube::{Api, api::LogParams};
@@ -117,13 +117,8 @@ pub async fn follow(
     let mut reconnect = retry::log_reconnects();
     // Failures to open in a row, so that a log that stays unreadable is reported now and then.
     let mut failures: u32 = 0;
-    let mut first = true;
     loop {
         let since_time = cursor.resume();
-        if !first {
-            events.record(Event::LogStreamResumed);
-        }
-        first = false;
         let terminated_before_open = probe.terminated();
         let params = LogParams {
             container: Some(container.to_string()),
@@ -136,38 +131,78 @@ pub async fn follow(
             _ = stop.cancelled() => return Ok(()),
             opened = pods.log_stream(pod, &params) => opened,
         };
-        let clean_end = match opened {
+        let outcome = match opened {
             Ok(reader) => {
                 failures = 0;
                 reconnect.reset();
                 match read_stream(reader, container, &mut cursor, stop, &mut on_line).await {
                     StreamEnd::Stopped => return Ok(()),
-                    StreamEnd::Clean => true,
-                    StreamEnd::Broken => false,
+                    StreamEnd::Clean => Outcome::Ended,
+                    StreamEnd::Broken => Outcome::Broke,
                 }
             }
             Err(error) => {
                 open_failed(&error, container, probe, &mut failures)?;
-                false
+                Outcome::NotOpened
             }
         };
-        if clean_end && (terminated_before_open || probe.terminated()) {
+        let ended = outcome == Outcome::Ended;
+        if ended && (terminated_before_open || probe.terminated()) {
             return Ok(());
         }
         if probe.pod_gone() {
             return Err(FollowError::PodGone);
         }
-        // Wait for news about the container (or a pause), so a stream that ended before the watch
-        // reported the termination, or one that keeps failing, is not reopened in a tight loop.
-        let pause = if clean_end {
+        let pause = if ended {
             Duration::from_secs(1)
         } else {
             reconnect.next_delay()
         };
+        if !wait_before_reopening(ended, pause, probe, &mut changes, stop).await {
+            return Ok(());
+        }
+        // A stream that ended only because the container did (the watch was late to say so) is
+        // read to its end once more, but it did not break: only a broken stream, or one cut while
+        // the container runs on, counts as resumed.
+        if outcome == Outcome::Broke || (ended && !probe.terminated()) {
+            events.record(Event::LogStreamResumed);
+        }
+    }
+}
+
+/// How one attempt at the log went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    /// The stream was read to its end.
+    Ended,
+    /// The stream failed while being read.
+    Broke,
+    /// The stream could not be opened.
+    NotOpened,
+}
+
+/// Waits for news about the container or the end of `pause`, so a stream that ended before the
+/// watch reported the termination, or one that keeps failing, is not reopened in a tight loop.
+/// After a stream `ended`, only the container's termination is news. Returns `false` when `stop`
+/// was cancelled.
+async fn wait_before_reopening(
+    ended: bool,
+    pause: Duration,
+    probe: &dyn ContainerProbe,
+    changes: &mut watch::Receiver<u64>,
+    stop: &CancellationToken,
+) -> bool {
+    let mut deadline = std::pin::pin!(tokio::time::sleep(pause));
+    loop {
         tokio::select! {
-            _ = stop.cancelled() => return Ok(()),
-            _ = changes.changed() => {}
-            _ = tokio::time::sleep(pause) => {}
+            _ = stop.cancelled() => return false,
+            _ = &mut deadline => return true,
+            changed = changes.changed() => {
+                // A closed channel brings no more news: waiting on it would spin.
+                if changed.is_err() || !ended || probe.terminated() {
+                    return true;
+                }
+            }
         }
     }
 }
@@ -211,6 +246,124 @@ enum StreamEnd {
     Broken,
 }
 
+/// Longest line kept, timestamp included. Output without newlines must not grow the follower's
+/// memory (a step printing 150 MB on one line), and the entry cap only applies to whole lines.
+pub const MAX_LINE_BYTES: usize = 64 * 1024;
+
+/// One line of a log stream, decoded.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Line {
+    /// The line without its newline (and without the `\r` of a `\r\n` ending).
+    pub text: String,
+    /// Bytes past [`MAX_LINE_BYTES`] were dropped.
+    pub cut: bool,
+}
+
+impl Line {
+    /// The text to record, marked when it was cut so the reader knows output is missing.
+    fn display(text: &str, cut: bool) -> std::borrow::Cow<'_, str> {
+        if cut {
+            format!("{text} [kube-executor: line cut at {} bytes]", text.len()).into()
+        } else {
+            text.into()
+        }
+    }
+}
+
+/// Splits a byte stream into lines of at most `cap` bytes, dropping the rest of longer lines.
+///
+/// Bytes are decoded only once a line is complete, lossily: output that is not UTF-8 is still
+/// output (shown with U+FFFD), never a reason to consider the stream broken.
+#[derive(Debug)]
+pub struct LineSplitter {
+    cap: usize,
+    pending: Vec<u8>,
+    cut: bool,
+}
+
+impl LineSplitter {
+    pub fn new(cap: usize) -> Self {
+        Self {
+            cap,
+            pending: Vec::new(),
+            cut: false,
+        }
+    }
+
+    /// Takes bytes of `input` up to and including the first newline; returns how many it took and
+    /// the line they completed, if any. Keeps at most `cap` bytes whatever the input.
+    pub fn feed(&mut self, input: &[u8]) -> (usize, Option<Line>) {
+        let newline = input.iter().position(|b| *b == b'\n');
+        let body = &input[..newline.unwrap_or(input.len())];
+        let room = self.cap.saturating_sub(self.pending.len());
+        if body.len() > room {
+            self.cut = true;
+        }
+        self.pending.extend_from_slice(&body[..body.len().min(room)]);
+        match newline {
+            Some(at) => (at + 1, Some(self.take())),
+            None => (input.len(), None),
+        }
+    }
+
+    /// At the end of the stream: the unterminated last line, if there is one.
+    pub fn finish(&mut self) -> Option<Line> {
+        (!self.pending.is_empty() || self.cut).then(|| self.take())
+    }
+
+    fn take(&mut self) -> Line {
+        let cut = std::mem::take(&mut self.cut);
+        let end = if cut {
+            // The cut may fall inside a character; a partial one would only show as U+FFFD.
+            without_partial_char(&self.pending)
+        } else {
+            self.pending.len() - usize::from(self.pending.ends_with(b"\r"))
+        };
+        let text = String::from_utf8_lossy(&self.pending[..end]).into_owned();
+        // The buffer is reused, so its size stays at most about `cap` for the whole stream.
+        self.pending.clear();
+        Line { text, cut }
+    }
+}
+
+/// The length of `bytes` without a multi-byte UTF-8 character that is cut off at its end.
+fn without_partial_char(bytes: &[u8]) -> usize {
+    let len = bytes.len();
+    // A character has at most 4 bytes: its lead byte is among the last 4.
+    for back in 1..=len.min(4) {
+        let byte = bytes[len - back];
+        if byte & 0xC0 == 0x80 {
+            continue; // a continuation byte
+        }
+        let needed = match byte {
+            0xF0.. => 4,
+            0xE0.. => 3,
+            0xC0.. => 2,
+            _ => 1,
+        };
+        return if needed > back { len - back } else { len };
+    }
+    len
+}
+
+/// The next line of `reader`, `None` at its end.
+async fn next_line(
+    reader: &mut std::pin::Pin<&mut impl AsyncBufRead>,
+    splitter: &mut LineSplitter,
+) -> std::io::Result<Option<Line>> {
+    loop {
+        let chunk = reader.fill_buf().await?;
+        if chunk.is_empty() {
+            return Ok(splitter.finish());
+        }
+        let (used, line) = splitter.feed(chunk);
+        reader.as_mut().consume(used);
+        if line.is_some() {
+            return Ok(line);
+        }
+    }
+}
+
 /// Delivers the new lines of one stream to `on_line` until it ends.
 async fn read_stream(
     reader: impl AsyncBufRead,
@@ -219,20 +372,24 @@ async fn read_stream(
     stop: &CancellationToken,
     on_line: &mut impl FnMut(&str),
 ) -> StreamEnd {
-    let mut lines = std::pin::pin!(reader.lines());
+    let mut reader = std::pin::pin!(reader);
+    // Per stream: a line left unfinished by a broken stream is read again whole after resuming.
+    let mut splitter = LineSplitter::new(MAX_LINE_BYTES);
     loop {
         let next = tokio::select! {
             _ = stop.cancelled() => return StreamEnd::Stopped,
-            next = lines.try_next() => next,
+            next = next_line(&mut reader, &mut splitter) => next,
         };
         match next {
             Ok(Some(line)) => {
-                let (ts, text) = split_timestamp(&line);
+                // The stamp starts the line, so a cut line keeps it.
+                let (ts, text) = split_timestamp(&line.text);
                 if ts.is_none_or(|ts| cursor.accept(ts)) {
-                    on_line(text);
+                    on_line(&Line::display(text, line.cut));
                 }
             }
             Ok(None) => return StreamEnd::Clean,
+            // Only reading can fail here: the content itself is never an error.
             Err(error) => {
                 debug!(container, %error, "log stream broke");
                 return StreamEnd::Broken;
@@ -295,6 +452,92 @@ mod tests {
         assert!(c.accept(ts("2026-01-01T00:00:01.7Z")));
     }
 
+    /// Splits `chunks` as one stream read would, chunk by chunk, with `cap`.
+    fn split_all(cap: usize, chunks: &[&[u8]]) -> Vec<Line> {
+        let mut splitter = LineSplitter::new(cap);
+        let mut lines = Vec::new();
+        for chunk in chunks {
+            let mut rest = *chunk;
+            while !rest.is_empty() {
+                let (used, line) = splitter.feed(rest);
+                rest = &rest[used..];
+                lines.extend(line);
+                assert!(splitter.pending.capacity() <= 2 * cap, "buffer grew past the cap");
+            }
+        }
+        lines.extend(splitter.finish());
+        lines
+    }
+
+    fn whole(text: &str) -> Line {
+        Line {
+            text: text.to_string(),
+            cut: false,
+        }
+    }
+
+    fn cut(text: &str) -> Line {
+        Line {
+            text: text.to_string(),
+            cut: true,
+        }
+    }
+
+    #[test]
+    fn lines_are_split_across_chunks_and_the_unterminated_rest_ends_the_stream() {
+        let lines = split_all(64, &[b"ab", b"c\nde", b"f\n\n", b"last"]);
+        assert_eq!(lines, [whole("abc"), whole("def"), whole(""), whole("last")]);
+        assert_eq!(split_all(64, &[b"one\n"]), [whole("one")]);
+    }
+
+    #[test]
+    fn a_crlf_ending_is_a_line_end_and_a_lone_carriage_return_is_content() {
+        assert_eq!(
+            split_all(64, &[b"a\rb\r\n", b"c\r", b"\n"]),
+            [whole("a\rb"), whole("c")]
+        );
+    }
+
+    #[test]
+    fn invalid_utf8_is_decoded_lossily() {
+        let lines = split_all(64, &[b"caf\xe9\n", b"\xff\xfe ok\n", b"next\n"]);
+        assert_eq!(
+            lines,
+            [whole("caf\u{FFFD}"), whole("\u{FFFD}\u{FFFD} ok"), whole("next")]
+        );
+    }
+
+    #[test]
+    fn a_line_over_the_cap_is_cut_and_dropped_to_its_newline_in_bounded_memory() {
+        let big = vec![b'a'; 1000];
+        let mut chunks: Vec<&[u8]> = vec![b"0123456789"; 1];
+        chunks.extend(std::iter::repeat_n(big.as_slice(), 50));
+        chunks.push(b"tail\nnext\n");
+        assert_eq!(split_all(16, &chunks), [cut("0123456789aaaaaa"), whole("next")]);
+        // Exactly at the cap is not cut.
+        assert_eq!(split_all(4, &[b"abcd\n"]), [whole("abcd")]);
+        // Cut without a newline before the end of the stream.
+        assert_eq!(split_all(4, &[b"abcdef"]), [cut("abcd")]);
+    }
+
+    #[test]
+    fn a_cut_never_leaves_half_a_character() {
+        // "é" is 2 bytes, "€" 3 and "𝄞" 4; each straddles the cap here.
+        assert_eq!(split_all(4, &["abcé\n".as_bytes()]), [cut("abc")]);
+        assert_eq!(split_all(4, &["ab€\n".as_bytes()]), [cut("ab")]);
+        assert_eq!(split_all(4, &["a𝄞z\n".as_bytes()]), [cut("a")]);
+        assert_eq!(split_all(5, &["a𝄞z\n".as_bytes()]), [cut("a𝄞")]);
+    }
+
+    #[test]
+    fn a_cut_line_is_marked_with_the_length_kept() {
+        assert_eq!(
+            Line::display("abc", true),
+            "abc [kube-executor: line cut at 3 bytes]"
+        );
+        assert_eq!(Line::display("abc", false), "abc");
+    }
+
     mod follow {
         use std::sync::{
             Arc,
@@ -310,6 +553,8 @@ mod tests {
         struct FakeContainer {
             terminated: AtomicBool,
             pod_gone: AtomicBool,
+            /// Notified when the follower asks whether the pod is gone: it then decides how to go on.
+            asked_pod_gone: tokio::sync::Notify,
         }
 
         impl ContainerProbe for FakeContainer {
@@ -317,21 +562,26 @@ mod tests {
                 self.terminated.load(Ordering::SeqCst)
             }
             fn pod_gone(&self) -> bool {
+                self.asked_pod_gone.notify_one();
                 self.pod_gone.load(Ordering::SeqCst)
             }
         }
 
-        struct Following {
-            server: ApiServer,
+        struct Following<S = ApiServer> {
+            server: S,
             container: Arc<FakeContainer>,
             events: Events,
             result: tokio::task::JoinHandle<(Result<(), FollowError>, Vec<String>)>,
-            _changes: watch::Sender<u64>,
+            changes: watch::Sender<u64>,
         }
 
         /// Follows container `main` of `pod-1` in `ns` on its own task.
         fn start(container: FakeContainer) -> Following {
-            let (client, server) = testing::client();
+            start_on(testing::client(), container)
+        }
+
+        /// [`start`] with the client and server given.
+        fn start_on<S>((client, server): (kube::Client, S), container: FakeContainer) -> Following<S> {
             let container = Arc::new(container);
             let events = Events::default();
             // Kept open: a closed channel would end every pause at once.
@@ -355,7 +605,7 @@ mod tests {
                 container,
                 events,
                 result,
-                _changes: changes,
+                changes,
             }
         }
 
@@ -408,6 +658,112 @@ mod tests {
             f.server.assert_no_more_calls().await;
         }
 
+        /// A server answering log requests with raw bytes, which [`Call::stream_lines`] cannot
+        /// send: a step's output need not be UTF-8.
+        struct RawLogServer {
+            handle: tower_test::mock::Handle<
+                http::Request<kube::client::Body>,
+                http::Response<testing::ScriptedBody>,
+            >,
+        }
+
+        fn raw_client() -> (kube::Client, RawLogServer) {
+            let (service, handle) = tower_test::mock::pair();
+            (kube::Client::new(service, "default"), RawLogServer { handle })
+        }
+
+        impl RawLogServer {
+            /// Answers the next request, a log open, with `chunks` and then the end of the stream.
+            async fn stream_bytes(&mut self, chunks: &[&'static [u8]]) {
+                let (request, reply) = self.handle.next_request().await.expect("a log request");
+                assert_eq!(format!("{} {}", request.method(), request.uri().path()), LOG);
+                let frames: Vec<Result<http_body::Frame<bytes::Bytes>, std::io::Error>> = chunks
+                    .iter()
+                    .map(|chunk| Ok(http_body::Frame::data(bytes::Bytes::from_static(chunk))))
+                    .collect();
+                let body = http_body_util::StreamBody::new(futures_util::StreamExt::boxed(
+                    futures_util::stream::iter(frames),
+                ));
+                reply.send_response(
+                    http::Response::builder()
+                        .status(200)
+                        .body(body)
+                        .expect("valid response"),
+                );
+            }
+
+            async fn assert_no_more_calls(mut self) {
+                if let Some((request, _)) = self.handle.next_request().await {
+                    panic!("unexpected request {} {}", request.method(), request.uri());
+                }
+            }
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn invalid_utf8_is_content_not_a_broken_stream() {
+            let mut f = start_on(raw_client(), terminated());
+
+            f.server
+                .stream_bytes(&[
+                    b"2026-01-01T00:00:01Z caf\xe9\n",
+                    b"2026-01-01T00:00:02Z \xff",
+                    b"half\n2026-01-01T00:00:03Z next\n",
+                ])
+                .await;
+
+            let (result, lines) = testing::finished(f.result).await;
+            result.expect("the log was read to its end");
+            assert_eq!(lines, ["caf\u{FFFD}", "\u{FFFD}half", "next"]);
+            assert_eq!(f.events.snapshot().get(Event::LogStreamResumed.label()), None);
+            f.server.assert_no_more_calls().await;
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn a_line_over_the_cap_is_cut_with_a_marker_and_the_next_line_arrives_whole() {
+            let mut f = start(terminated());
+
+            let stamp = "2026-01-01T00:00:01Z ";
+            let long = format!("{stamp}{}", "a".repeat(3 * MAX_LINE_BYTES));
+            expect_open(&mut f.server)
+                .await
+                .stream_lines(&[&long, "2026-01-01T00:00:02Z after"], false);
+
+            let (result, lines) = testing::finished(f.result).await;
+            result.expect("the log was read to its end");
+            let kept = MAX_LINE_BYTES - stamp.len();
+            assert_eq!(
+                lines,
+                [
+                    format!("{} [kube-executor: line cut at {kept} bytes]", "a".repeat(kept)),
+                    "after".to_string()
+                ]
+            );
+            f.server.assert_no_more_calls().await;
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn a_cut_line_keeps_its_stamp_so_a_resumed_stream_does_not_repeat_it() {
+            let mut f = start(terminated());
+
+            let long = format!("2026-01-01T00:00:01.5Z {}", "b".repeat(2 * MAX_LINE_BYTES));
+            expect_open(&mut f.server).await.stream_lines(&[&long], true);
+            let call = expect_open(&mut f.server).await;
+            assert_eq!(call.param("sinceTime"), Some("2026-01-01T00:00:01Z"));
+            call.stream_lines(&[&long, "2026-01-01T00:00:02Z after"], false);
+
+            let (result, lines) = testing::finished(f.result).await;
+            result.expect("the log was read to its end");
+            assert_eq!(
+                lines.len(),
+                2,
+                "{:?}",
+                lines.iter().map(|l| l.len()).collect::<Vec<_>>()
+            );
+            assert!(lines[0].ends_with(" bytes]"), "the cut line is marked");
+            assert_eq!(lines[1], "after");
+            f.server.assert_no_more_calls().await;
+        }
+
         #[tokio::test(start_paused = true)]
         async fn a_stream_that_ends_before_the_container_terminated_is_reopened() {
             let mut f = start(FakeContainer::default());
@@ -423,6 +779,33 @@ mod tests {
             let (result, lines) = testing::finished(f.result).await;
             result.expect("the log was read to its end");
             assert_eq!(lines, ["one", "two"]);
+            assert_eq!(
+                f.events.snapshot().get(Event::LogStreamResumed.label()),
+                Some(&1),
+                "cut while the container ran on"
+            );
+            f.server.assert_no_more_calls().await;
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn a_stream_that_ended_with_the_container_is_read_again_but_not_counted_as_resumed() {
+            let mut f = start(FakeContainer::default());
+
+            expect_open(&mut f.server)
+                .await
+                .stream_lines(&["2026-01-01T00:00:01Z last"], false);
+            // The watch reports the termination only after the stream ended.
+            f.container.asked_pod_gone.notified().await;
+            f.container.terminated.store(true, Ordering::SeqCst);
+            f.changes.send_modify(|n| *n += 1);
+            let call = expect_open(&mut f.server).await;
+            assert_eq!(call.param("sinceTime"), Some("2026-01-01T00:00:01Z"));
+            call.stream_lines(&["2026-01-01T00:00:01Z last"], false);
+
+            let (result, lines) = testing::finished(f.result).await;
+            result.expect("the log was read to its end");
+            assert_eq!(lines, ["last"]);
+            assert_eq!(f.events.snapshot().get(Event::LogStreamResumed.label()), None);
             f.server.assert_no_more_calls().await;
         }
 
