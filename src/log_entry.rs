@@ -22,6 +22,16 @@ pub const TEARDOWN_FS_KEY: &str = "teardown.fs";
 /// How often a growing entry is sent again.
 pub const UPDATE_INTERVAL: Duration = Duration::from_secs(1);
 
+/// Where an entry goes and how its output is treated: the job's routes, its redactor, the size cap.
+pub struct EntrySink {
+    pub client: QueueClient,
+    pub job: JobHandle,
+    pub redactor: Redactor,
+    /// EXECUTOR_LOG_ENTRY_MAX_BYTES.
+    pub max_bytes: usize,
+    pub events: Events,
+}
+
 /// Builds and uploads one entry. Output lines are redacted and prefixed `stdout: `.
 pub struct LogEntryWriter {
     client: QueueClient,
@@ -50,17 +60,19 @@ impl LogEntryWriter {
     ///
     /// # Errors
     /// When the frontend does not accept the entry even after retries.
-    #[allow(clippy::too_many_arguments)]
     pub async fn open(
-        client: QueueClient,
-        job: JobHandle,
-        redactor: Redactor,
+        sink: EntrySink,
         key: &str,
         command: &[String],
         start_time: Timestamp,
-        max_bytes: usize,
-        events: Events,
     ) -> Result<Self, crate::queue::client::QueueError> {
+        let EntrySink {
+            client,
+            job,
+            redactor,
+            max_bytes,
+            events,
+        } = sink;
         let entry = ExecutionLogEntry {
             key: key.to_string(),
             command: redactor.redact_all(command),

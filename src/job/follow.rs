@@ -15,7 +15,7 @@ use crate::{
         logs::{self, ContainerProbe},
         watch::{ClusterView, CreatedJob},
     },
-    log_entry::LogEntryWriter,
+    log_entry::{EntrySink, LogEntryWriter},
     queue::client::JobHandle,
     redact::Redactor,
 };
@@ -102,17 +102,15 @@ impl ContainerFollower {
     /// Returns what made the log unreadable, if anything did.
     pub async fn run(mut self) -> Option<UnreadableLog> {
         self.turn.wait().await;
-        let opened = LogEntryWriter::open(
-            self.deps.queue.clone(),
-            self.handle.clone(),
-            self.redactor.clone(),
-            &self.entry.key,
-            &self.entry.command,
-            self.entry.start_time,
-            self.deps.config.log_entry_max_bytes,
-            self.deps.events.clone(),
-        )
-        .await;
+        let sink = EntrySink {
+            client: self.deps.queue.clone(),
+            job: self.handle.clone(),
+            redactor: self.redactor.clone(),
+            max_bytes: self.deps.config.log_entry_max_bytes,
+            events: self.deps.events.clone(),
+        };
+        let opened =
+            LogEntryWriter::open(sink, &self.entry.key, &self.entry.command, self.entry.start_time).await;
         // Whether or not it was added, the next container's entry may now be added.
         self.turn.done();
         let writer = match opened {
@@ -168,10 +166,13 @@ impl ContainerFollower {
             job: self.job.clone(),
             container: self.container.clone(),
         };
+        let source = logs::LogSource {
+            pods: &self.deps.pods,
+            pod: &self.pod,
+            container: &self.container,
+        };
         let result = logs::follow(
-            &self.deps.pods,
-            &self.pod,
-            &self.container,
+            source,
             &probe,
             self.deps.view.subscribe(),
             &self.deps.events,

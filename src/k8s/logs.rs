@@ -97,22 +97,28 @@ pub trait ContainerProbe: Send + Sync {
     fn pod_gone(&self) -> bool;
 }
 
+/// Which container's log to follow.
+#[derive(Clone, Copy)]
+pub struct LogSource<'a> {
+    pub pods: &'a Api<Pod>,
+    pub pod: &'a str,
+    pub container: &'a str,
+}
+
 /// Follows `container`'s log until the container has terminated and its log is read, calling
 /// `on_line` for each new line (without the timestamp and newline).
 ///
 /// # Cancel safety
 /// Returns `Ok` when `stop` is cancelled; lines already delivered stay delivered.
-#[allow(clippy::too_many_arguments)]
 pub async fn follow(
-    pods: &Api<Pod>,
-    pod: &str,
-    container: &str,
+    source: LogSource<'_>,
     probe: &dyn ContainerProbe,
     mut changes: watch::Receiver<u64>,
     events: &Events,
     stop: &CancellationToken,
     mut on_line: impl FnMut(&str),
 ) -> Result<(), FollowError> {
+    let LogSource { pods, pod, container } = source;
     let mut cursor = Cursor::default();
     let mut reconnect = retry::log_reconnects();
     // Failures to open in a row, so that a log that stays unreadable is reported now and then.
@@ -593,7 +599,12 @@ mod tests {
                     let mut lines = Vec::new();
                     let stop = CancellationToken::new();
                     let probe: &FakeContainer = &container;
-                    let result = follow(&pods, "pod-1", "main", probe, receiver, &events, &stop, |line| {
+                    let source = LogSource {
+                        pods: &pods,
+                        pod: "pod-1",
+                        container: "main",
+                    };
+                    let result = follow(source, probe, receiver, &events, &stop, |line| {
                         lines.push(line.to_string())
                     })
                     .await;
