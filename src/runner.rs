@@ -289,11 +289,7 @@ pub async fn dequeue_loop(deps: Deps, slots: std::sync::Arc<Slots>, jobs: TaskTr
                 drop(permit);
                 dequeued += 1;
                 deps.events.record(Event::JobPermanentlyFailed);
-                warn!(job_id = job.id, %reason, "dequeued a job whose payload cannot be read; marking it failed");
-                let message = format!("the executor could not read the job payload: {reason}");
-                if let Err(error) = deps.queue.mark_failed(&job, &message).await {
-                    warn!(job_id = job.id, %error, "could not mark the unreadable job failed");
-                }
+                mark_unreadable(&deps, &job, &reason).await;
             }
             Err(error) => {
                 drop(permit);
@@ -307,6 +303,20 @@ pub async fn dequeue_loop(deps: Deps, slots: std::sync::Arc<Slots>, jobs: TaskTr
                 }
             }
         }
+    }
+}
+
+/// Marks failed a dequeued job whose payload cannot be read: it is ours on the frontend now.
+async fn mark_unreadable(deps: &Deps, job: &crate::queue::client::JobHandle, reason: &str) {
+    // The reason quotes no payload value (see `payload_error_reason`); the secrets known here
+    // (the password, the job's token) are redacted as for any job.
+    let redactor = crate::redact::Redactor::new(deps.config.frontend_password.expose(), &Default::default())
+        .with_job_token(job.token.expose());
+    let reason = redactor.redact(reason);
+    warn!(job_id = job.id, %reason, "dequeued a job whose payload cannot be read; marking it failed");
+    let message = format!("the executor could not read the job payload: {reason}");
+    if let Err(error) = deps.queue.mark_failed(job, &message).await {
+        warn!(job_id = job.id, %error, "could not mark the unreadable job failed");
     }
 }
 
