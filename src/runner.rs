@@ -319,8 +319,7 @@ pub async fn dequeue_loop(deps: Deps, slots: std::sync::Arc<Slots>, jobs: TaskTr
             Err(crate::queue::client::QueueError::UnreadableJob { job, reason }) => {
                 drop(permit);
                 dequeued += 1;
-                let message = format!("the executor could not read the job payload: {reason}");
-                fail_unrun(&deps, &job, &message).await;
+                mark_unreadable(&deps, &job, &reason).await;
             }
             Err(error) => {
                 drop(permit);
@@ -335,6 +334,17 @@ pub async fn dequeue_loop(deps: Deps, slots: std::sync::Arc<Slots>, jobs: TaskTr
             }
         }
     }
+}
+
+/// Marks failed a dequeued job whose payload cannot be read: it is ours on the frontend now.
+async fn mark_unreadable(deps: &Deps, job: &crate::queue::client::JobHandle, reason: &str) {
+    // The reason quotes no payload value (see `payload_error_reason`); the secrets known here
+    // (the password, the job's token) are redacted as for any job.
+    let redactor = crate::redact::Redactor::new(deps.config.frontend_password.expose(), &Default::default())
+        .with_job_token(job.token.expose());
+    let reason = redactor.redact(reason);
+    let message = format!("the executor could not read the job payload: {reason}");
+    fail_unrun(deps, job, &message).await;
 }
 
 /// Capped exponential backoff with jitter for consecutive frontend errors.

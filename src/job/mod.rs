@@ -100,7 +100,8 @@ pub async fn run(deps: Deps, key: RunKey, job: Job, mut permit: SlotPermit, stop
         let redactor = Redactor::new(
             deps.config.frontend_password.expose(),
             job.redacted_values.expose(),
-        );
+        )
+        .with_job_token(job.token.expose());
         let run = JobRun {
             handle: JobHandle::new(&key, job.token.clone()),
             deps,

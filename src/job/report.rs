@@ -94,10 +94,12 @@ impl JobRun {
                 queue.mark_complete(handle).await
             }
             Outcome::Failed { key, failure } => {
-                let message = format!(
+                // The reason can quote a step's termination message or a pod condition, which
+                // may carry a secret: the log line and the mark both get the redacted text.
+                let message = self.redactor.redact(&format!(
                     "running command {key:?}: job {job_name} failed: {}",
                     failure.reason
-                );
+                ));
                 info!(%message, "job failed");
                 match failure.kind {
                     FailureKind::StepFailed => {
@@ -125,15 +127,17 @@ impl JobRun {
             }
             Outcome::Stopped(StopReason::Shutdown) => {
                 events.record(Event::JobInterruptedByShutdown);
-                let message =
-                    format!("job {job_name} was stopped because the executor shut down; it will be retried");
+                let message = self.redactor.redact(&format!(
+                    "job {job_name} was stopped because the executor shut down; it will be retried"
+                ));
                 queue.mark_errored(handle, &message).await
             }
             Outcome::TimedOut => {
                 events.record(Event::JobTimedOut);
                 let limit = format_go_duration(self.deps.config.maximum_runtime_per_job);
-                let message =
-                    format!("job {job_name} failed: job exceeded maximum execution time of {limit}");
+                let message = self.redactor.redact(&format!(
+                    "job {job_name} failed: job exceeded maximum execution time of {limit}"
+                ));
                 queue.mark_errored(handle, &message).await
             }
         };

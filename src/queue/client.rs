@@ -421,7 +421,7 @@ impl QueueClient {
                             },
                             token: Secret::new(identity.token),
                         },
-                        reason: source.to_string(),
+                        reason: super::types::payload_error_reason(&source),
                     }),
                     Err(_) => Err(QueueError::Decode { op, source }),
                 }

@@ -203,17 +203,15 @@ enum RawFile {
 /// What went wrong turning a dequeue response into a [`Job`].
 #[derive(Debug, thiserror::Error)]
 pub enum JobPayloadError {
-    #[error("file {path:?}: content is not valid base64: {source}")]
+    // Neither message quotes the content or the time: the reason goes to the frontend and the
+    // log, and the payload can hold secrets.
+    #[error("file {path:?}: content is not valid base64")]
     FileContentNotBase64 {
         path: String,
         source: base64::DecodeError,
     },
-    #[error("file {path:?}: modifiedAt {value:?} is not an RFC 3339 time: {source}")]
-    FileModifiedAt {
-        path: String,
-        value: String,
-        source: jiff::Error,
-    },
+    #[error("file {path:?}: modifiedAt is not an RFC 3339 time")]
+    FileModifiedAt { path: String, source: jiff::Error },
     #[error("file {path:?}: has neither content nor bucket and key")]
     FileWithoutSource { path: String },
 }
@@ -261,7 +259,6 @@ impl TryFrom<RawJob> for Job {
                             let ts: Timestamp =
                                 value.parse().map_err(|source| JobPayloadError::FileModifiedAt {
                                     path: path.clone(),
-                                    value: value.clone(),
                                     source,
                                 })?;
                             // Go's zero time means "not set".
@@ -296,6 +293,48 @@ impl TryFrom<RawJob> for Job {
             docker_auth_config: raw.docker_auth_config.filter(|v| !v.is_null()).map(Secret::new),
         })
     }
+}
+
+/// Why a job payload could not be read, without quoting any value from it (the payload can hold
+/// secrets that no redactor knows yet): serde's message with its quoted value dropped (`invalid
+/// type: string, expected i64`), and the line and column.
+pub fn payload_error_reason(error: &serde_json::Error) -> String {
+    let text = error.to_string();
+    // serde_json gives no position for errors raised after the whole payload was read (`try_from`).
+    let position = match error.line() {
+        0 => String::new(),
+        line => format!(" at line {line} column {}", error.column()),
+    };
+    let message = text.strip_suffix(&position).unwrap_or(&text);
+    let message = match error.classify() {
+        serde_json::error::Category::Data => without_values(message),
+        // Syntax and end-of-input messages name the token expected, never the text found.
+        _ => message.to_string(),
+    };
+    format!("{message}{position}")
+}
+
+/// Drops the value serde quotes in its data errors (`invalid type: string "…"`, `unknown variant
+/// `…``), keeping what was expected. Other messages (`missing field `id``, `invalid length 2`,
+/// [`JobPayloadError`]) name only the schema.
+fn without_values(message: &str) -> String {
+    for prefix in [
+        "invalid type:",
+        "invalid value:",
+        "unknown variant",
+        "unknown field",
+    ] {
+        if let Some(rest) = message.strip_prefix(prefix) {
+            // The expectation comes last; a quoted string value could itself hold ", expected ".
+            let (found, expected) = match rest.rfind(", expected ") {
+                Some(at) => rest.split_at(at),
+                None => (rest, ""),
+            };
+            let kind = found.split(['`', '"', '\'']).next().unwrap_or("").trim_end();
+            return format!("{prefix}{kind}{expected}");
+        }
+    }
+    message.to_string()
 }
 
 /// `0001-01-01T00:00:00Z` (Go's zero `time.Time`) in Unix seconds.
@@ -540,5 +579,48 @@ mod tests {
             json.get("queues").is_none() && json.get("numCPUs").is_none() && json.get("memory").is_none()
         );
         assert_eq!(json["diskSpace"], "20G");
+    }
+
+    /// The reason for a payload that fails to read, checked not to quote `secret`.
+    fn unreadable_reason(payload: &str, secret: &str) -> String {
+        let error = match serde_json::from_str::<Job>(payload) {
+            Ok(_) => panic!("the payload was expected not to read"),
+            Err(error) => error,
+        };
+        let reason = payload_error_reason(&error);
+        assert!(!reason.contains(secret), "the reason quotes a payload value");
+        reason
+    }
+
+    #[test]
+    fn unreadable_payload_reasons_keep_position_not_values() {
+        let reason = unreadable_reason(r#"{"id":7,"fetchTags":"s3cr3t, expected x"}"#, "s3cr3t");
+        assert_eq!(
+            reason,
+            "invalid type: string, expected a boolean at line 1 column 40"
+        );
+        let reason = unreadable_reason(r#"{"id":7,"commit":123456}"#, "123456");
+        assert_eq!(
+            reason,
+            "invalid type: integer, expected a string at line 1 column 23"
+        );
+        let reason = unreadable_reason(r#"{"token":"tok"}"#, "tok");
+        assert_eq!(reason, "missing field `id` at line 1 column 15");
+    }
+
+    #[test]
+    fn unreadable_file_reasons_name_the_file_not_its_content() {
+        let payload = r#"{"version":2,"id":7,"files":{"a.txt":{"content":"s3cr3t!!","modifiedAt":""}}}"#;
+        let reason = unreadable_reason(payload, "s3cr3t");
+        assert!(
+            reason.starts_with(r#"file "a.txt": content is not valid base64"#),
+            "{reason}"
+        );
+        let payload = r#"{"version":2,"id":7,"files":{"a.txt":{"content":"aGk=","modifiedAt":"s3cr3t"}}}"#;
+        let reason = unreadable_reason(payload, "s3cr3t");
+        assert!(
+            reason.starts_with(r#"file "a.txt": modifiedAt is not an RFC 3339 time"#),
+            "{reason}"
+        );
     }
 }

@@ -109,7 +109,12 @@ impl Env {
             .kill_on_drop(true)
             .spawn()
             .expect("spawn the executor binary");
-        Executor { child, log, health }
+        Executor {
+            child,
+            log,
+            health,
+            private_log: false,
+        }
     }
 
     pub fn jobs_api(&self) -> Api<Job> {
@@ -201,6 +206,8 @@ pub struct Executor {
     child: tokio::process::Child,
     pub log: PathBuf,
     pub health: SocketAddr,
+    /// Set by tests whose executor log may hold a secret: it is then not printed on failure.
+    pub private_log: bool,
 }
 
 impl Executor {
@@ -253,16 +260,17 @@ impl Executor {
 
 impl Drop for Executor {
     fn drop(&mut self) {
-        if std::thread::panicking() {
+        if std::thread::panicking() && !self.private_log {
             let text = self.log_text();
-            // Idle polling says nothing about a failure; leave it out so the tail shows the rest.
-            let tail: Vec<&str> = text
-                .lines()
-                .filter(|l| !l.contains(r#"op="dequeue" status=204"#))
-                .rev()
-                .take(80)
-                .collect();
-            eprintln!("---- executor log tail ({}) ----", self.log.display());
+            // The executor logs at debug in tests; what explains a failure is at info and above,
+            // and the debug tail shows what it was doing last.
+            let notable: Vec<&str> = text.lines().filter(|l| !l.contains(" DEBUG ")).collect();
+            eprintln!("---- executor log, info and above ({}) ----", self.log.display());
+            for line in &notable[notable.len().saturating_sub(150)..] {
+                eprintln!("{line}");
+            }
+            let tail: Vec<&str> = text.lines().rev().take(40).collect();
+            eprintln!("---- executor log tail ----");
             for line in tail.iter().rev() {
                 eprintln!("{line}");
             }
