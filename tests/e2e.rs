@@ -630,7 +630,12 @@ async fn a_job_the_frontend_no_longer_knows_is_stopped_without_a_report() {
             j.state == JobState::Failed
         })
         .await
-        .expect("the frontend gives up after three resets");
+        .unwrap_or_else(|e| {
+            panic!(
+                "the frontend gives up after three resets: {e}\n{:#?}",
+                env.frontend.job("batches", id)
+            )
+        });
     assert!(record.num_resets >= 3, "{record:#?}");
     // The executor stopped each abandoned run itself and never reported one as done.
     assert!(record.mark_calls.is_empty(), "{:#?}", record.mark_calls);
