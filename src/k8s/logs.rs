@@ -160,7 +160,7 @@ pub async fn follow(
             return Err(FollowError::PodGone);
         }
         let pause = if ended {
-            Duration::from_secs(1)
+            REOPEN_AFTER_CLEAN_END
         } else {
             reconnect.next_delay()
         };
@@ -175,6 +175,12 @@ pub async fn follow(
         }
     }
 }
+
+/// Pause before reopening a stream that ended while the container may still run. Such an end is
+/// a cut connection (a proxy or node timeout), so live output must resume quickly; the pause only
+/// keeps a follower whose watch lags behind the container's termination from reopening in a
+/// tight loop.
+const REOPEN_AFTER_CLEAN_END: Duration = Duration::from_millis(200);
 
 /// How one attempt at the log went.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
