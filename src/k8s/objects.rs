@@ -198,13 +198,7 @@ impl Objects {
         }
         match self.find_ours(api, &name).await {
             Ok(true) => {}
-            Ok(false) => {
-                return Err(CreateError::OwnedByOther {
-                    kind,
-                    name,
-                    owner: "another executor instance or not kube-executor".to_string(),
-                });
-            }
+            Ok(false) => return self.create_if_vanished(api, kind, object).await,
             Err(error) => return Err(classify(kind, &name, error)),
         }
         info!(kind, %name, "removing a leftover of an earlier run of this job");
@@ -221,6 +215,35 @@ impl Objects {
             .await
             .map(|created| (created, 1))
             .map_err(|e| classify(kind, &name, e))
+    }
+
+    /// After a conflict with no object of ours by that name: either someone else's object holds
+    /// the name, or the conflicting object is gone already (the garbage collector removing an
+    /// earlier run's Secret between the create and the look-up), and creating again succeeds.
+    async fn create_if_vanished<K>(
+        &self,
+        api: &Api<K>,
+        kind: &'static str,
+        object: &K,
+    ) -> Result<(K, usize), CreateError>
+    where
+        K: Resource + Clone + DeserializeOwned + serde::Serialize + std::fmt::Debug,
+    {
+        let name = object.meta().name.clone().unwrap_or_default();
+        let anyone = ListParams::default().fields(&format!("metadata.name={name}"));
+        match api.list(&anyone).await {
+            Ok(found) if found.items.is_empty() => api
+                .create(&PostParams::default(), object)
+                .await
+                .map(|created| (created, 1))
+                .map_err(|e| classify(kind, &name, e)),
+            Ok(_) => Err(CreateError::OwnedByOther {
+                kind,
+                name,
+                owner: "another executor instance or not kube-executor".to_string(),
+            }),
+            Err(error) => Err(classify(kind, &name, error)),
+        }
     }
 
     /// Whether an object named `name` carrying this instance's labels exists.
@@ -566,6 +589,40 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_conflicting_object_that_vanished_before_the_look_up_is_created_again() {
+        let (objects, mut server) = objects();
+        let create = tokio::spawn(async move { objects.create(&job_objects(false)).await });
+
+        server
+            .expect(&format!("POST {SECRETS}"))
+            .await
+            .fail(409, "AlreadyExists");
+        // The garbage collector removes the earlier run's Secret before it can be looked up.
+        let call = server.expect(&format!("GET {SECRETS}")).await;
+        assert_eq!(call.param("labelSelector"), Some(OURS));
+        call.answer(200, list("SecretList", vec![]));
+        let call = server.expect(&format!("GET {SECRETS}")).await;
+        assert_eq!(call.param("labelSelector"), None);
+        call.answer(200, list("SecretList", vec![]));
+        let call = server.expect(&format!("POST {SECRETS}")).await;
+        let body = stored(&call.body, "s2");
+        call.answer(201, body);
+        let call = server.expect(&format!("POST {JOBS}")).await;
+        let body = stored(&call.body, "j1");
+        call.answer(201, body);
+        let call = server.expect(&format!("PATCH {SECRETS}/sg-job-1-secrets")).await;
+        let body = stored(&call.body, "s2");
+        call.answer(200, body);
+
+        let created = finished(create)
+            .await
+            .expect("created after the conflict cleared");
+        assert_eq!(created.replaced_leftovers, 1);
+        assert!(created.owned);
+        server.assert_no_more_calls().await;
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn a_same_named_object_that_is_not_ours_is_left_alone() {
         let (objects, mut server) = objects();
         let create = tokio::spawn(async move { objects.create(&job_objects(false)).await });
@@ -577,6 +634,10 @@ mod tests {
         let call = server.expect(&format!("GET {SECRETS}")).await;
         assert_eq!(call.param("labelSelector"), Some(OURS));
         call.answer(200, list("SecretList", vec![]));
+        let call = server.expect(&format!("GET {SECRETS}")).await;
+        assert_eq!(call.param("labelSelector"), None, "anyone's object of that name");
+        let theirs = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "sg-job-1-secrets"}});
+        call.answer(200, list("SecretList", vec![theirs]));
 
         let error = finished(create).await.expect_err("the name is taken");
         assert!(
