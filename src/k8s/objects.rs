@@ -66,6 +66,13 @@ pub struct Objects {
     instance_id: String,
 }
 
+/// Who holds a name that a create found taken.
+enum NameHolder {
+    Ours,
+    Nobody,
+    Other,
+}
+
 /// What creation produced.
 #[derive(Debug)]
 pub struct Created {
@@ -196,20 +203,30 @@ impl Objects {
             Err(error) if api_error::is_already_exists(&error) => {}
             Err(error) => return Err(classify(kind, &name, error)),
         }
-        match self.find_ours(api, &name).await {
-            Ok(true) => {}
-            Ok(false) => return self.create_if_vanished(api, kind, object).await,
+        match self.name_holder(api, &name).await {
+            Ok(NameHolder::Ours) => {
+                info!(kind, %name, "removing a leftover of an earlier run of this job");
+                let _ = delete_quietly(api, &name).await;
+                let limit = Duration::from_secs(60);
+                if !self.wait_gone(api, &name, limit).await {
+                    return Err(CreateError::LeftoverNotGone {
+                        kind,
+                        name,
+                        waited: limit,
+                    });
+                }
+            }
+            // The conflicting object is gone already: the garbage collector removed an earlier
+            // run's Secret between the create and the look-up.
+            Ok(NameHolder::Nobody) => {}
+            Ok(NameHolder::Other) => {
+                return Err(CreateError::OwnedByOther {
+                    kind,
+                    name,
+                    owner: "another executor instance or not kube-executor".to_string(),
+                });
+            }
             Err(error) => return Err(classify(kind, &name, error)),
-        }
-        info!(kind, %name, "removing a leftover of an earlier run of this job");
-        let _ = delete_quietly(api, &name).await;
-        let limit = Duration::from_secs(60);
-        if !self.wait_gone(api, &name, limit).await {
-            return Err(CreateError::LeftoverNotGone {
-                kind,
-                name,
-                waited: limit,
-            });
         }
         api.create(&PostParams::default(), object)
             .await
@@ -217,33 +234,21 @@ impl Objects {
             .map_err(|e| classify(kind, &name, e))
     }
 
-    /// After a conflict with no object of ours by that name: either someone else's object holds
-    /// the name, or the conflicting object is gone already (the garbage collector removing an
-    /// earlier run's Secret between the create and the look-up), and creating again succeeds.
-    async fn create_if_vanished<K>(
-        &self,
-        api: &Api<K>,
-        kind: &'static str,
-        object: &K,
-    ) -> Result<(K, usize), CreateError>
+    /// Who holds `name` after a conflict: an object with this instance's labels, nobody any more,
+    /// or someone else. Listed by name, so no `get` permission is needed.
+    async fn name_holder<K>(&self, api: &Api<K>, name: &str) -> Result<NameHolder, kube::Error>
     where
-        K: Resource + Clone + DeserializeOwned + serde::Serialize + std::fmt::Debug,
+        K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
     {
-        let name = object.meta().name.clone().unwrap_or_default();
-        let anyone = ListParams::default().fields(&format!("metadata.name={name}"));
-        match api.list(&anyone).await {
-            Ok(found) if found.items.is_empty() => api
-                .create(&PostParams::default(), object)
-                .await
-                .map(|created| (created, 1))
-                .map_err(|e| classify(kind, &name, e)),
-            Ok(_) => Err(CreateError::OwnedByOther {
-                kind,
-                name,
-                owner: "another executor instance or not kube-executor".to_string(),
-            }),
-            Err(error) => Err(classify(kind, &name, error)),
+        if self.find_ours(api, name).await? {
+            return Ok(NameHolder::Ours);
         }
+        let anyone = ListParams::default().fields(&format!("metadata.name={name}"));
+        Ok(if api.list(&anyone).await?.items.is_empty() {
+            NameHolder::Nobody
+        } else {
+            NameHolder::Other
+        })
     }
 
     /// Whether an object named `name` carrying this instance's labels exists.
