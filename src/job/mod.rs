@@ -51,6 +51,18 @@ enum Outcome {
 }
 
 impl Outcome {
+    /// What kind of end this was, without its failure text (which may quote a secret).
+    fn label(&self) -> &'static str {
+        match self {
+            Outcome::Succeeded => "succeeded",
+            Outcome::Failed { .. } => "failed",
+            Outcome::Stopped(StopReason::Canceled) => "canceled",
+            Outcome::Stopped(StopReason::Abandoned) => "abandoned",
+            Outcome::Stopped(StopReason::Shutdown) => "stopped by shutdown",
+            Outcome::TimedOut => "timed out",
+        }
+    }
+
     /// A failure of the workspace setup, before any container ran.
     fn setup_failed(kind: FailureKind, reason: String) -> Self {
         Outcome::Failed {

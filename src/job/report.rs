@@ -76,7 +76,8 @@ impl JobRun {
             return;
         };
         match result {
-            Ok(MarkOutcome::Recorded) => debug!(?outcome, "reported"),
+            // The outcome's failure text is logged (redacted) only as the "job failed" line.
+            Ok(MarkOutcome::Recorded) => debug!(outcome = outcome.label(), "reported"),
             Ok(MarkOutcome::NotOwned) => {
                 warn!("the frontend no longer considers this job ours (404); result not recorded")
             }
