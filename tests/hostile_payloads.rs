@@ -124,3 +124,129 @@ async fn a_repository_name_longer_than_a_file_name_still_runs() {
     );
     env.wait_no_objects(Duration::from_secs(30)).await;
 }
+
+/// The output of entry `key` of a finished job.
+fn entry_out(record: &dev_frontend::JobRecord, key: &str) -> String {
+    record
+        .log_entries
+        .iter()
+        .find(|entry| entry.key == key)
+        .map(|entry| entry.out.clone())
+        .unwrap_or_else(|| panic!("no entry {key}: {record:#?}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_symbolic_link_in_the_repository_never_redirects_a_workspace_file() {
+    let env = Env::start().await;
+    // The node agent runs containers as host processes, so an absolute link target is a real
+    // host directory: a write through the link would land in it.
+    let scratch = support::Gate::new();
+    let outside_dir = scratch.path("outside");
+    std::fs::create_dir(&outside_dir).expect("outside dir");
+    let outside_text = outside_dir.display().to_string();
+    let commit = env
+        .frontend
+        .create_repo_with_links(
+            "github.com/acme/links",
+            &[("README.md", "links\n")],
+            &[("link", outside_text.as_str())],
+        )
+        .await
+        .expect("create repository");
+    let mut new_job = with_file(
+        job(vec![step("run", &["echo should-not-run"])]),
+        "repository/link/chmod",
+    );
+    new_job.repository_name = "github.com/acme/links".into();
+    new_job.repository_directory = "repository".into();
+    new_job.commit = commit;
+    let id = env.frontend.enqueue(new_job);
+
+    let _executor = env.spawn_executor(&[]);
+    let record = env.wait_terminal(id, TIMEOUT).await;
+    // Like any failing setup step: errored, with the reason in the mark.
+    assert_eq!(record.state, JobState::Errored, "{record:#?}");
+    let reason = "the repository has a symbolic link at /job/repository/link: workspace files are \
+                  never written through links";
+    assert!(error_of(&record).contains(reason), "{record:#?}");
+    assert!(
+        entry_out(&record, "setup.workspace").contains(&format!("stdout: {reason}\n")),
+        "{record:#?}"
+    );
+    assert!(
+        !record.log_entries.iter().any(|e| e.key == "step.kubernetes.run"),
+        "no step ran: {record:#?}"
+    );
+    let written: Vec<_> = std::fs::read_dir(&outside_dir).expect("outside dir").collect();
+    assert!(written.is_empty(), "wrote through the link: {written:?}");
+    env.wait_no_objects(Duration::from_secs(30)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_of_five_hundred_steps_runs_every_step_in_order() {
+    const STEPS: usize = 500;
+    let env = Env::start().await;
+    let steps = (0..STEPS)
+        .map(|i| step(&format!("s{i}"), &[&format!("echo output-of-{i}")]))
+        .collect();
+    let id = env.frontend.enqueue(job(steps));
+
+    let _executor = env.spawn_executor(&[]);
+    let record = env.wait_terminal(id, Duration::from_secs(900)).await;
+    assert_eq!(record.state, JobState::Completed, "{}", error_of(&record));
+    let keys: Vec<&str> = record
+        .log_entries
+        .iter()
+        .map(|e| e.key.as_str())
+        .filter(|key| !key.starts_with("teardown."))
+        .collect();
+    let expected: Vec<String> = std::iter::once("setup.workspace".to_string())
+        .chain((0..STEPS).map(|i| format!("step.kubernetes.s{i}")))
+        .chain(std::iter::once("main".to_string()))
+        .collect();
+    let first_difference = keys.iter().zip(&expected).position(|(key, want)| key != want);
+    assert!(
+        keys.len() == expected.len() && first_difference.is_none(),
+        "{} entries, first difference at {first_difference:?}",
+        keys.len()
+    );
+    for i in [0, 1, 250, STEPS - 1] {
+        let out = entry_out(&record, &format!("step.kubernetes.s{i}"));
+        assert!(
+            out.contains(&format!("stdout: output-of-{i}\n")),
+            "step {i}: {out:?}"
+        );
+    }
+    env.wait_no_objects(Duration::from_secs(60)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_of_a_thousand_workspace_files_sees_every_file() {
+    const FILES: usize = 1000;
+    let env = Env::start().await;
+    let mut new_job = job(vec![step(
+        "count",
+        &[
+            "find inputs -type f | wc -l | tr -d ' '",
+            "cat inputs/d7/f777.txt",
+        ],
+    )]);
+    for i in 0..FILES {
+        new_job.files.insert(
+            format!("inputs/d{}/f{i}.txt", i % 10),
+            JobFile {
+                content: Some(format!("content-of-{i}")),
+                ..JobFile::default()
+            },
+        );
+    }
+    let id = env.frontend.enqueue(new_job);
+
+    let _executor = env.spawn_executor(&[]);
+    let record = env.wait_terminal(id, Duration::from_secs(300)).await;
+    assert_eq!(record.state, JobState::Completed, "{}", error_of(&record));
+    let out = entry_out(&record, "step.kubernetes.count");
+    assert!(out.contains(&format!("stdout: {FILES}\n")), "{out:?}");
+    assert!(out.contains("stdout: content-of-777"), "{out:?}");
+    env.wait_no_objects(Duration::from_secs(60)).await;
+}

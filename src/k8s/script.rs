@@ -179,6 +179,49 @@ fn step_container_args_in(job_dir: &str, step_key: &str, script_name: &str) -> S
     )
 }
 
+/// Shell function of the setup program that fails the job when one of its arguments is a
+/// symbolic link.
+///
+/// The repository is checked out before the workspace files are written, and it may hold links:
+/// `repository/link -> /usr/bin` plus a workspace file `repository/link/chmod` would overwrite a
+/// binary of the container that holds the job token. So no component of a path the program
+/// writes may be a link. The reason also goes to the termination log, so the mark names it.
+const REFUSE_LINKS_FUNCTION: &str = r#"refuse_links() {
+  for path in "$@"; do
+    if [ -L "$path" ]; then
+      reason="the repository has a symbolic link at $path: workspace files are never written through links"
+      echo "$reason"
+      { printf '%s\n' "$reason" > /dev/termination-log; } 2>/dev/null || :
+      exit 1
+    fi
+  done
+}"#;
+
+/// A `refuse_links` call on every path from the first component of workspace-relative
+/// `relative` down to the whole of it, under `job_dir`.
+fn refuse_links_line(job_dir: &str, relative: &str) -> String {
+    let mut call = String::from("refuse_links");
+    let mut path = job_dir.to_string();
+    for component in relative.split('/').filter(|component| !component.is_empty()) {
+        path.push('/');
+        path.push_str(component);
+        call.push(' ');
+        call.push_str(&shell_quote(&path));
+    }
+    call
+}
+
+/// The `sh -c` program of the setup container: run the setup program from the Secret volume.
+///
+/// The program is a file, not the container's argument: Linux limits one argument to 128 KiB,
+/// which a few hundred steps or workspace files exceed.
+pub fn run_setup_program(file_name: &str) -> String {
+    format!(
+        "exec /bin/sh {}",
+        shell_quote(&format!("{SECRETS_DIR}/{file_name}"))
+    )
+}
+
 /// A workspace file staged in the job Secret, to be copied into the workspace by the setup program.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StagedFile {
@@ -213,7 +256,8 @@ pub struct SetupScript<'a> {
 }
 
 impl SetupScript<'_> {
-    /// The program for `sh -c` in the setup-workspace container (working directory `/job`).
+    /// The setup-workspace program, which the setup container runs with `sh` from the job Secret
+    /// (working directory `/job`).
     ///
     /// The job token comes from the `TOKEN` environment variable and is never part of the text, so
     /// the pod spec can be read without revealing it.
@@ -231,11 +275,13 @@ impl SetupScript<'_> {
         if !self.repository_name.is_empty() {
             self.push_clone(&mut lines, job_dir);
         }
-        let next_index = shell_quote(&format!("{job_dir}/{NEXT_INDEX_NAME}"));
-        lines.push(format!(
-            "mkdir -p {}",
-            shell_quote(&format!("{job_dir}/{SCRIPTS_DIR}"))
-        ));
+        lines.push(REFUSE_LINKS_FUNCTION.into());
+        let next_index_path = format!("{job_dir}/{NEXT_INDEX_NAME}");
+        let scripts_dir = format!("{job_dir}/{SCRIPTS_DIR}");
+        lines.push(refuse_links_line(job_dir, NEXT_INDEX_NAME));
+        lines.push(refuse_links_line(job_dir, SCRIPTS_DIR));
+        let next_index = shell_quote(&next_index_path);
+        lines.push(format!("mkdir -p {}", shell_quote(&scripts_dir)));
         // A quoted here-document keeps the helper readable in the pod spec and unexpanded.
         lines.push(format!(
             "cat > {next_index} <<'{NEXT_INDEX_DELIMITER}'\n{NEXT_INDEX_SCRIPT}{NEXT_INDEX_DELIMITER}"
@@ -245,6 +291,7 @@ impl SetupScript<'_> {
             let destination = under(job_dir, &file.path);
             let parent = destination.rsplit_once('/').map_or(job_dir, |(parent, _)| parent);
             let quoted = shell_quote(&destination);
+            lines.push(refuse_links_line(job_dir, &file.path));
             lines.push(format!("mkdir -p {}", shell_quote(parent)));
             lines.push(format!(
                 "cp {} {quoted}",
@@ -287,7 +334,7 @@ impl SetupScript<'_> {
             )),
         );
         lines.push(format!("mkdir -p {repo}"));
-        lines.push(format!("{git} init"));
+        lines.push(format!("{git} init -q"));
         if let Some(ca_cert) = self.git_ca_cert {
             lines.push(format!(
                 "{git} config --local http.sslCAInfo {}",
@@ -576,6 +623,49 @@ pub(crate) mod tests {
             .permissions()
             .mode();
         assert!(mode & 0o100 != 0, "helper is executable: {mode:o}");
+    }
+
+    #[test]
+    fn workspace_files_are_never_written_through_a_link_from_the_repository() {
+        let temp = TempDir::new("setup-links");
+        let job_dir = temp.path().join("job");
+        let secrets_dir = temp.path().join("secrets");
+        let outside = temp.path().join("outside");
+        for dir in [&job_dir.join("repository"), &secrets_dir, &outside] {
+            std::fs::create_dir_all(dir).expect("dir");
+        }
+        std::fs::write(secrets_dir.join("file.0"), b"replaced binary").expect("write");
+        std::os::unix::fs::symlink(&outside, job_dir.join("repository/link")).expect("link");
+        std::os::unix::fs::symlink(outside.join("target"), job_dir.join("repository/file-link"))
+            .expect("link");
+        for (path, link) in [
+            ("repository/link/chmod", "repository/link"),
+            ("repository/file-link", "repository/file-link"),
+        ] {
+            let files = [StagedFile {
+                secret_key: "file.0".into(),
+                path: path.into(),
+                modified_at: None,
+            }];
+            let mut spec = setup(&files, &[]);
+            spec.repository_name = "";
+            let script = spec.render_in(
+                job_dir.to_str().expect("UTF-8"),
+                secrets_dir.to_str().expect("UTF-8"),
+            );
+            let out = sh(&["-c", &script], &job_dir, &[]);
+            assert_eq!(out.status.code(), Some(1), "{path}: {}", text(&out.stderr));
+            let expected = format!(
+                "the repository has a symbolic link at {}: workspace files are never written through links",
+                job_dir.join(link).display()
+            );
+            assert_eq!(text(&out.stdout).trim(), expected, "{path}");
+            let written: Vec<_> = std::fs::read_dir(&outside).expect("outside").collect();
+            assert!(
+                written.is_empty(),
+                "{path}: wrote outside the workspace: {written:?}"
+            );
+        }
     }
 
     #[test]

@@ -37,10 +37,20 @@ pub const JOB_DATA_VOLUME: &str = "job-data";
 pub const SECRETS_VOLUME: &str = "job-secrets";
 /// Secret key of the job token.
 pub const TOKEN_KEY: &str = "TOKEN";
+/// Secret key (and file name in the setup container) of the setup-workspace program.
+pub const SETUP_PROGRAM_KEY: &str = "setup.sh";
 /// The Cluster Autoscaler must not evict a job pod: a step cannot resume elsewhere.
 pub const SAFE_TO_EVICT_ANNOTATION: &str = "cluster-autoscaler.kubernetes.io/safe-to-evict";
 /// Largest total size of a Secret's data the API server accepts.
 pub const MAX_SECRET_BYTES: usize = 1024 * 1024;
+/// Largest Job object this executor creates, as JSON.
+///
+/// etcd refuses objects over 1.5 MiB by default. The pod made from the Job holds the same spec
+/// plus a status entry per container, so the Job keeps a third of that free.
+pub const MAX_JOB_BYTES: usize = 1024 * 1024;
+/// Longest `NAME=value` string Linux passes to a program (`MAX_ARG_STRLEN`, 32 pages), less
+/// its terminating NUL.
+pub const MAX_ENV_ENTRY_BYTES: usize = 128 * 1024 - 1;
 
 /// Log entry key of the docker step with key `step_key` (its index when the payload has no key).
 pub fn step_entry_key(step_key: &str) -> String {
@@ -144,10 +154,29 @@ pub enum SpecError {
         problem: &'static str,
     },
     #[error(
-        "the job Secret would hold {bytes} bytes (workspace files, step scripts, env values), more than \
-         the {limit} bytes Kubernetes allows"
+        "the job Secret would hold {bytes} bytes (workspace files, step scripts, env values, the setup \
+         program), more than the {limit} bytes Kubernetes allows"
     )]
     SecretTooLarge { bytes: usize, limit: usize },
+    #[error(
+        "the Kubernetes Job would be {bytes} bytes ({steps} docker steps), more than the {limit} bytes \
+         this executor allows so that the Job and its pod stay within etcd's 1.5 MiB object limit"
+    )]
+    JobTooLarge {
+        bytes: usize,
+        steps: usize,
+        limit: usize,
+    },
+    #[error(
+        "docker step {step} env entry {entry} is {bytes} bytes long, more than the {limit} bytes Linux \
+         allows for one environment variable"
+    )]
+    StepEnvTooLong {
+        step: usize,
+        entry: usize,
+        bytes: usize,
+        limit: usize,
+    },
 }
 
 /// Builds every object of one job.
@@ -163,6 +192,7 @@ pub fn build_job_objects(ctx: &JobContext<'_>, cfg: &KubernetesConfig) -> Result
     secret.stage_workspace_files(ctx.files)?;
     let steps = StepPlan::plan_all(job)?;
     secret.add_steps(&steps);
+    secret.add_setup_program(setup_program(ctx, cfg, &repository_dir, secret.staged()));
     secret.check_size()?;
 
     let pull_secret = secret::pull_secret(job, &meta)?;
@@ -173,8 +203,8 @@ pub fn build_job_objects(ctx: &JobContext<'_>, cfg: &KubernetesConfig) -> Result
         pvc_name: pvc.as_ref().map(|_| labels::pvc_name(&meta.name)),
         pull_secret_name: pull_secret.as_ref().map(|_| labels::pull_secret_name(&meta.name)),
     };
-    let setup_program = setup_program(ctx, cfg, &repository_dir, secret.staged());
-    let kube_job = meta.job(pod.spec(&setup_program, &steps));
+    let kube_job = meta.job(pod.spec(&steps));
+    check_job_size(&kube_job)?;
 
     Ok(JobObjects {
         job: kube_job,
@@ -183,6 +213,26 @@ pub fn build_job_objects(ctx: &JobContext<'_>, cfg: &KubernetesConfig) -> Result
         pvc,
         steps: steps::step_specs(&steps),
     })
+}
+
+/// Rejects a Job too large to store: the pod the Job controller makes from it is as large, and
+/// grows with a status per container.
+fn check_job_size(job: &KubeJob) -> Result<(), SpecError> {
+    let bytes = serde_json::to_vec(job).map_or(usize::MAX, |json| json.len());
+    if bytes > MAX_JOB_BYTES {
+        let steps = job
+            .spec
+            .as_ref()
+            .and_then(|spec| spec.template.spec.as_ref())
+            .and_then(|pod| pod.init_containers.as_ref())
+            .map_or(0, |init| init.len().saturating_sub(1));
+        return Err(SpecError::JobTooLarge {
+            bytes,
+            steps,
+            limit: MAX_JOB_BYTES,
+        });
+    }
+    Ok(())
 }
 
 /// The Job's name, after the checks that make the payload unrunnable whatever its steps hold.

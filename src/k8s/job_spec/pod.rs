@@ -13,8 +13,8 @@ use k8s_openapi::{
 };
 
 use super::{
-    JOB_DATA_VOLUME, MAIN_CONTAINER, SECRETS_VOLUME, SETUP_CONTAINER, TOKEN_KEY, script, secret::SecretPlan,
-    steps::StepPlan,
+    JOB_DATA_VOLUME, MAIN_CONTAINER, SECRETS_VOLUME, SETUP_CONTAINER, SETUP_PROGRAM_KEY, TOKEN_KEY, script,
+    secret::SecretPlan, steps::StepPlan,
 };
 use crate::config::{KubernetesConfig, NodePinning};
 
@@ -37,10 +37,10 @@ pub(super) struct PodPlan<'a> {
 }
 
 impl PodPlan<'_> {
-    /// The pod: `setup_program` in the setup container, then one init container per step, then main.
-    pub(super) fn spec(&self, setup_program: &str, steps: &[StepPlan<'_>]) -> PodSpec {
+    /// The pod: the setup container, then one init container per step, then main.
+    pub(super) fn spec(&self, steps: &[StepPlan<'_>]) -> PodSpec {
         let cfg = self.cfg;
-        let mut init_containers = vec![self.setup_container(setup_program)];
+        let mut init_containers = vec![self.setup_container()];
         init_containers.extend(steps.iter().map(|step| self.step_container(step)));
         PodSpec {
             restart_policy: Some("Never".into()),
@@ -65,14 +65,14 @@ impl PodPlan<'_> {
     }
 
     /// The only container that sees the job token and the Secret's files.
-    fn setup_container(&self, program: &str) -> Container {
+    fn setup_container(&self) -> Container {
         Container {
             env: Some(vec![self.secret_env(TOKEN_KEY, TOKEN_KEY)]),
             volume_mounts: Some(self.mounts(true)),
             ..self.container(
                 SETUP_CONTAINER,
                 &self.cfg.step_image,
-                program,
+                &script::run_setup_program(SETUP_PROGRAM_KEY),
                 script::JOB_DIR.into(),
             )
         }
@@ -130,7 +130,7 @@ impl PodPlan<'_> {
             mount_path: script::JOB_DIR.into(),
             ..Default::default()
         }];
-        if with_secrets && !self.secret.staged().is_empty() {
+        if with_secrets {
             mounts.push(VolumeMount {
                 name: SECRETS_VOLUME.into(),
                 mount_path: script::SECRETS_DIR.into(),
@@ -157,35 +157,34 @@ impl PodPlan<'_> {
             }),
             ..Default::default()
         };
-        std::iter::once(job_data)
-            .chain(self.secrets_volume())
+        [job_data, self.secrets_volume()]
+            .into_iter()
             .chain(self.cfg.additional_volumes.iter().cloned())
             .collect()
     }
 
-    /// The Secret's staged files for the setup container; `None` without files to copy.
-    fn secrets_volume(&self) -> Option<Volume> {
-        let staged = self.secret.staged();
-        (!staged.is_empty()).then(|| Volume {
+    /// The setup program and the staged files, for the setup container.
+    fn secrets_volume(&self) -> Volume {
+        let keys = std::iter::once(SETUP_PROGRAM_KEY)
+            .chain(self.secret.staged().iter().map(|file| file.secret_key.as_str()));
+        Volume {
             name: SECRETS_VOLUME.into(),
             secret: Some(SecretVolumeSource {
                 secret_name: Some(self.secret.name().to_string()),
                 // Only the files: the token and env values stay out of the filesystem.
                 items: Some(
-                    staged
-                        .iter()
-                        .map(|file| KeyToPath {
-                            key: file.secret_key.clone(),
-                            path: file.secret_key.clone(),
-                            ..Default::default()
-                        })
-                        .collect(),
+                    keys.map(|key| KeyToPath {
+                        key: key.to_string(),
+                        path: key.to_string(),
+                        ..Default::default()
+                    })
+                    .collect(),
                 ),
                 default_mode: Some(SECRET_FILE_MODE),
                 ..Default::default()
             }),
             ..Default::default()
-        })
+        }
     }
 
     fn image_pull_secrets(&self) -> Vec<LocalObjectReference> {

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::{ByteString, api::core::v1::Secret};
 
 use super::{
-    MAX_SECRET_BYTES, SpecError, TOKEN_KEY, WorkspaceFile, labels,
+    MAX_SECRET_BYTES, SETUP_PROGRAM_KEY, SpecError, TOKEN_KEY, WorkspaceFile, labels,
     meta::JobMeta,
     payload,
     script::{self, StagedFile},
@@ -68,6 +68,13 @@ impl SecretPlan {
                     .insert(env.secret_key.clone(), ByteString(env.value.as_bytes().to_vec()));
             }
         }
+    }
+
+    /// Stores the setup container's program, which runs from the Secret volume (see
+    /// [`script::run_setup_program`]).
+    pub(super) fn add_setup_program(&mut self, program: String) {
+        self.data
+            .insert(SETUP_PROGRAM_KEY.to_string(), ByteString(program.into_bytes()));
     }
 
     /// Rejects a Secret the API server would refuse, before any object of the job exists.

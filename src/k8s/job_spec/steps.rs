@@ -3,8 +3,8 @@
 use std::collections::BTreeSet;
 
 use super::{
-    MAIN_CONTAINER, MAIN_ENTRY_KEY, SETUP_CONTAINER, SETUP_ENTRY_KEY, SpecError, StepSpec, labels, normalize,
-    script, step_entry_key,
+    MAIN_CONTAINER, MAIN_ENTRY_KEY, MAX_ENV_ENTRY_BYTES, SETUP_CONTAINER, SETUP_ENTRY_KEY, SpecError,
+    StepSpec, labels, normalize, script, step_entry_key,
 };
 use crate::queue::types::{DockerStep, Job};
 
@@ -120,6 +120,14 @@ fn step_env(index: usize, step: &DockerStep) -> Result<Vec<StepEnv<'_>>, SpecErr
             let (name, value) = pair.split_once('=').ok_or_else(|| invalid("no '='"))?;
             if name.is_empty() {
                 return Err(invalid("empty name"));
+            }
+            if pair.len() > MAX_ENV_ENTRY_BYTES {
+                return Err(SpecError::StepEnvTooLong {
+                    step: index,
+                    entry,
+                    bytes: pair.len(),
+                    limit: MAX_ENV_ENTRY_BYTES,
+                });
             }
             Ok(StepEnv {
                 name,

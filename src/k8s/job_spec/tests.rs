@@ -300,8 +300,13 @@ fn no_secret_value_appears_in_the_job_object() {
         "{step_script}"
     );
     let setup_args = &init_containers(&objects)[0].args.as_ref().expect("args")[0];
-    assert!(setup_args.contains("cp '/var/run/kube-executor/secrets/file.0' '/job/input.json'"));
-    assert!(setup_args.contains("TZ=UTC0 touch -m -t 202405011000.00 '/job/input.json'"));
+    assert!(
+        setup_args.ends_with("exec /bin/sh '/var/run/kube-executor/secrets/setup.sh'"),
+        "{setup_args}"
+    );
+    let setup_program = String::from_utf8(secret_value(&objects, "setup.sh").to_vec()).expect("UTF-8");
+    assert!(setup_program.contains("cp '/var/run/kube-executor/secrets/file.0' '/job/input.json'"));
+    assert!(setup_program.contains("TZ=UTC0 touch -m -t 202405011000.00 '/job/input.json'"));
     let volume = pod_spec(&objects)
         .volumes
         .as_deref()
@@ -321,7 +326,7 @@ fn no_secret_value_appears_in_the_job_object() {
         .collect();
     assert_eq!(
         keys,
-        ["file.0", "file.1", "file.2", "file.3"],
+        ["setup.sh", "file.0", "file.1", "file.2", "file.3"],
         "token and env values are not files"
     );
 }
@@ -757,6 +762,83 @@ fn oversized_workspace_is_rejected_before_the_api_server_does() {
     assert!(matches!(err, SpecError::SecretTooLarge { .. }), "{err}");
 }
 
+/// A job of `count` one-command docker steps.
+fn job_with_steps(count: usize) -> Job {
+    let mut job = batches_job();
+    job.docker_steps = (0..count)
+        .map(|i| step(&format!("step.{i}.run"), "alpine:3", &["true"], ".", &[]))
+        .collect();
+    job
+}
+
+#[test]
+fn hundreds_of_steps_and_a_thousand_files_keep_every_container_argument_small() {
+    let files: Vec<WorkspaceFile> = (0..1000)
+        .map(|i| WorkspaceFile {
+            path: format!("inputs/dir-{}/file-{i}.json", i % 10),
+            content: b"{}".to_vec(),
+            modified_at: None,
+        })
+        .collect();
+    let objects = build(&job_with_steps(500), &files, &test_config()).expect("buildable");
+    let setup_program = secret_value(&objects, "setup.sh");
+    assert!(
+        setup_program.len() > 128 * 1024,
+        "the program would not fit one argument: {} bytes",
+        setup_program.len()
+    );
+    let job_bytes = serde_json::to_vec(&objects.job).expect("serializable").len();
+    assert!(job_bytes < MAX_JOB_BYTES / 2, "{job_bytes} bytes");
+    let init = init_containers(&objects);
+    assert_eq!(init.len(), 501);
+    for container in init {
+        let args = container.args.as_deref().expect("args");
+        assert!(
+            args.iter().all(|arg| arg.len() < 1024),
+            "{}: {args:?}",
+            container.name
+        );
+    }
+}
+
+#[test]
+fn a_job_too_large_to_store_is_rejected_naming_the_limit() {
+    // Every container mounts the extra volumes, so 400 steps make the pod spec large while
+    // the Secret stays small.
+    let mut cfg = test_config();
+    cfg.additional_volume_mounts = (0..30)
+        .map(|i| VolumeMount {
+            name: format!("cache-{i}"),
+            mount_path: format!("/var/cache/tool-with-a-long-name-{i}"),
+            ..Default::default()
+        })
+        .collect();
+    let err = build(&job_with_steps(400), &[], &cfg).err().expect("too large");
+    let message = err.to_string();
+    assert!(
+        matches!(err, SpecError::JobTooLarge { steps: 400, .. }),
+        "{message}"
+    );
+    assert!(
+        message.contains(&format!("more than the {MAX_JOB_BYTES} bytes")),
+        "{message}"
+    );
+}
+
+#[test]
+fn an_env_entry_longer_than_linux_allows_is_rejected_without_its_value() {
+    let mut job = batches_job();
+    let value = "v".repeat(MAX_ENV_ENTRY_BYTES);
+    job.docker_steps[1].env.push(format!("LONG={value}"));
+    let err = build(&job, &[], &test_config()).err().expect("too long");
+    let message = err.to_string();
+    assert!(
+        message.starts_with("docker step 1 env entry 2 is 131076 bytes long, more than the 131071 bytes"),
+        "{message}"
+    );
+    assert!(!message.contains("vvvv"), "{message}");
+}
+
 #[test]
 fn invalid_instance_id_or_queue_is_rejected() {
     let job = batches_job();
@@ -828,8 +910,21 @@ fn owner_reference_patch_needs_a_created_job() {
 
 // === golden objects ===
 
+/// The objects as one List; the job Secret's text values are shown as `stringData`, so a
+/// change to the setup program or a step script reads as text in review.
 fn golden_list(objects: &JobObjects) -> serde_json::Value {
-    let mut items = vec![serde_json::to_value(&objects.secret).expect("serializable")];
+    let mut secret = objects.secret.clone();
+    let data = secret.data.take().unwrap_or_default();
+    let (text, binary): (BTreeMap<_, _>, BTreeMap<_, _>) = data
+        .into_iter()
+        .partition(|(_, value)| std::str::from_utf8(&value.0).is_ok());
+    secret.string_data = Some(
+        text.into_iter()
+            .map(|(key, value)| (key, String::from_utf8_lossy(&value.0).into_owned()))
+            .collect(),
+    );
+    secret.data = (!binary.is_empty()).then_some(binary);
+    let mut items = vec![serde_json::to_value(&secret).expect("serializable")];
     if let Some(pull) = &objects.pull_secret {
         items.push(serde_json::to_value(pull).expect("serializable"));
     }

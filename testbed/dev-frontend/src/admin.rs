@@ -101,11 +101,14 @@ struct CreateRepoRequest {
     name: String,
     #[serde(default)]
     files: BTreeMap<String, String>,
+    /// Symbolic links to commit: path → target.
+    #[serde(default)]
+    links: BTreeMap<String, String>,
 }
 
 async fn create_repo(State(shared): State<Arc<Shared>>, body: Bytes) -> Result<Response, ApiError> {
     let request: CreateRepoRequest = parse(&body)?;
-    match crate::git::create_repo(&shared, &request.name, &request.files).await {
+    match crate::git::create_repo(&shared, &request.name, &request.files, &request.links).await {
         Ok(commit) => {
             Ok((StatusCode::CREATED, Json(serde_json::json!({ "commit": commit }))).into_response())
         }

@@ -119,15 +119,17 @@ fn validate_file_path(path: &str) -> Result<(), Error> {
     Ok(())
 }
 
-/// Commits `files` in a fresh work tree and force-pushes the commit to `main` of the bare
-/// repository `<root>/<name>.git` (created on first use). Returns the commit SHA.
+/// Commits `files` and the symbolic `links` (path → target) in a fresh work tree and
+/// force-pushes the commit to `main` of the bare repository `<root>/<name>.git` (created on
+/// first use). Returns the commit SHA.
 pub(crate) async fn create_repo(
     shared: &Shared,
     name: &str,
     files: &BTreeMap<String, String>,
+    links: &BTreeMap<String, String>,
 ) -> Result<String, Error> {
     validate_repo_name(name)?;
-    for path in files.keys() {
+    for path in files.keys().chain(links.keys()) {
         validate_file_path(path)?;
     }
     let _exclusive = shared.repo_creation.lock().await;
@@ -145,6 +147,23 @@ pub(crate) async fn create_repo(
                 })?;
         }
         tokio::fs::write(&target, content)
+            .await
+            .map_err(|source| Error::WriteRepoFile {
+                path: path.clone(),
+                source,
+            })?;
+    }
+    for (path, target) in links {
+        let link = work.path().join(path);
+        if let Some(parent) = link.parent() {
+            tokio::fs::create_dir_all(parent)
+                .await
+                .map_err(|source| Error::WriteRepoFile {
+                    path: path.clone(),
+                    source,
+                })?;
+        }
+        tokio::fs::symlink(target, &link)
             .await
             .map_err(|source| Error::WriteRepoFile {
                 path: path.clone(),

@@ -263,11 +263,26 @@ impl DevFrontend {
     /// # Errors
     /// Invalid names or paths, or a failing git command.
     pub async fn create_repo(&self, name: &str, files: &[(&str, &str)]) -> Result<String, Error> {
-        let files: BTreeMap<String, String> = files
-            .iter()
-            .map(|(path, content)| ((*path).to_owned(), (*content).to_owned()))
-            .collect();
-        git::create_repo(&self.shared, name, &files).await
+        self.create_repo_with_links(name, files, &[]).await
+    }
+
+    /// [`Self::create_repo`], also committing the symbolic `links` (path, target).
+    ///
+    /// # Errors
+    /// Invalid names or paths, or a failing git command.
+    pub async fn create_repo_with_links(
+        &self,
+        name: &str,
+        files: &[(&str, &str)],
+        links: &[(&str, &str)],
+    ) -> Result<String, Error> {
+        let owned = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs
+                .iter()
+                .map(|(path, value)| ((*path).to_owned(), (*value).to_owned()))
+                .collect()
+        };
+        git::create_repo(&self.shared, name, &owned(files), &owned(links)).await
     }
 
     /// Stores a file served at `/.executors/files/<bucket>/<key>`.
