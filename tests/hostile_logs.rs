@@ -21,17 +21,6 @@ fn entry<'a>(record: &'a JobRecord, key: &str) -> &'a LogEntryRecord {
         .unwrap_or_else(|| panic!("no log entry {key}; entries: {:#?}", record.log_entries))
 }
 
-/// The executor's peak resident set size so far (`VmHWM`), in KiB.
-fn peak_rss_kib(executor: &Executor) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{}/status", executor.pid()))
-        .expect("the executor's /proc status");
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmHWM:"))
-        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or_else(|| panic!("no VmHWM in:\n{status}"))
-}
-
 /// How often the executor resumed a broken log stream (0 when it never did).
 async fn streams_resumed(executor: &Executor) -> u64 {
     let (status, metrics) = support::http_get(executor.health, "/metrics")
@@ -65,7 +54,7 @@ async fn a_150_mb_line_is_cut_in_bounded_memory_and_the_next_line_arrives() {
     let executor = env.spawn_executor(&[]);
     let record = env.wait_terminal(id, JOB_TIMEOUT).await;
     completed(&record, &executor);
-    let peak = peak_rss_kib(&executor);
+    let peak = executor.peak_rss_kib();
     println!("executor peak RSS (VmHWM) after a 150 MB line: {} KiB", peak);
 
     let out = &entry(&record, "step.kubernetes.flood").out;

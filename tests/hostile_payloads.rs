@@ -250,3 +250,45 @@ async fn a_job_of_a_thousand_workspace_files_sees_every_file() {
     assert!(out.contains("stdout: content-of-777"), "{out:?}");
     env.wait_no_objects(Duration::from_secs(60)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_workspace_file_fails_the_job_before_it_is_read_into_memory() {
+    const FILE_BYTES: usize = 96 * 1024 * 1024;
+    // Far below the file: reading it whole would pass this on its own.
+    const PEAK_RSS_BOUND_KIB: u64 = 64 * 1024;
+    let env = Env::start().await;
+    env.frontend
+        .add_file("batch-changes", "spec-1/huge.bin", &vec![b'x'; FILE_BYTES]);
+    let mut oversized = job(vec![step("run", &["echo should-not-run"])]);
+    oversized.files.insert(
+        "cache/huge.bin".into(),
+        JobFile {
+            bucket: Some("batch-changes".into()),
+            key: Some("spec-1/huge.bin".into()),
+            ..JobFile::default()
+        },
+    );
+    let id = env.frontend.enqueue(oversized);
+    let next = env.frontend.enqueue(job(vec![step("next", &["echo next-ran"])]));
+
+    let executor = env.spawn_executor(&[]);
+    let record = env.wait_terminal(id, TIMEOUT).await;
+    assert_eq!(record.state, JobState::Failed, "{record:#?}");
+    assert_eq!(record.num_failures, 0, "never retried: {record:#?}");
+    let message = error_of(&record);
+    assert!(
+        message
+            .contains("workspace file \"cache/huge.bin\" does not fit the job Secret (1048576 bytes at most"),
+        "{message}"
+    );
+    assert!(
+        message.contains(&format!("announced {FILE_BYTES} bytes")),
+        "{message}"
+    );
+    let peak = executor.peak_rss_kib();
+    println!("executor peak RSS (VmHWM) after refusing a {FILE_BYTES}-byte file: {peak} KiB");
+    assert!(peak < PEAK_RSS_BOUND_KIB, "peak RSS {peak} KiB");
+    let record = env.wait_terminal(next, TIMEOUT).await;
+    assert_eq!(record.state, JobState::Completed, "{record:#?}");
+    env.wait_no_objects(Duration::from_secs(30)).await;
+}

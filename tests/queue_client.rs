@@ -461,13 +461,20 @@ async fn workspace_files_are_downloaded() {
     let (_job, handle) = dequeued_job(&frontend, &client, "batches").await;
 
     let downloaded = client
-        .get_file(&handle, "batch-changes", "spec-1/file-1")
+        .get_file(&handle, "batch-changes", "spec-1/file-1", content.len())
         .await
         .expect("file served");
     assert_eq!(downloaded, content);
 
     let err = client
-        .get_file(&handle, "batch-changes", "spec-1/missing")
+        .get_file(&handle, "batch-changes", "spec-1/file-1", content.len() - 1)
+        .await
+        .expect_err("one byte over the limit");
+    assert!(matches!(err, QueueError::TooLarge { limit: 69_999, .. }), "{err}");
+    assert!(!err.is_transient());
+
+    let err = client
+        .get_file(&handle, "batch-changes", "spec-1/missing", 1024)
         .await
         .expect_err("no such file");
     assert_eq!(err.status(), Some(404), "{err}");
@@ -769,4 +776,82 @@ async fn an_unreadable_dequeued_job_is_handed_back_by_identity() {
         other => panic!("expected UnreadableJob, got {other:?}"),
     }
     server.abort();
+}
+
+/// Serves `GET /files/endless` as a body that never ends, `chunked` or with a huge announced
+/// length, and counts the bytes it handed out.
+async fn endless_file_server(
+    announce_length: bool,
+) -> (String, Arc<std::sync::atomic::AtomicUsize>, ScopedTask) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static CHUNK: [u8; 64 * 1024] = [b'x'; 64 * 1024];
+    let served = Arc::new(AtomicUsize::new(0));
+    let counter = served.clone();
+    let app = Router::new().route(
+        "/sg/.executors/files/{bucket}/{*key}",
+        axum::routing::get(move || {
+            let counter = counter.clone();
+            async move {
+                let endless = futures_util::stream::repeat_with(move || {
+                    counter.fetch_add(CHUNK.len(), Ordering::Relaxed);
+                    Ok::<_, std::convert::Infallible>(Bytes::from_static(&CHUNK))
+                });
+                let mut response = axum::body::Body::from_stream(endless).into_response();
+                if announce_length {
+                    response.headers_mut().insert(
+                        axum::http::header::CONTENT_LENGTH,
+                        axum::http::HeaderValue::from_static("1099511627776"),
+                    );
+                }
+                response
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind a local port");
+    let addr = listener.local_addr().expect("local address");
+    let task = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (format!("http://{addr}/sg/"), served, ScopedTask(task))
+}
+
+/// Aborts its task when dropped.
+struct ScopedTask(tokio::task::JoinHandle<()>);
+
+impl Drop for ScopedTask {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+#[tokio::test]
+async fn an_endless_file_download_stops_at_the_limit() {
+    const LIMIT: usize = 1024 * 1024;
+    for announce_length in [false, true] {
+        let (url, served, _server) = endless_file_server(announce_length).await;
+        let client = client_for(&url, "password", "exec-endless");
+        let job = scripted_job();
+        let download = client.get_file(&job, "batch-changes", "endless", LIMIT);
+        // Without the limit the download would never end: the time bound only turns a hang
+        // into a failure.
+        let err = tokio::time::timeout(Duration::from_secs(60), download)
+            .await
+            .expect("the download ends")
+            .expect_err("larger than the limit");
+        let QueueError::TooLarge { limit, declared, .. } = &err else {
+            panic!("not TooLarge: {err}");
+        };
+        assert_eq!(*limit, LIMIT);
+        if announce_length {
+            assert_eq!(*declared, Some(1_099_511_627_776));
+            assert!(err.to_string().contains("announced 1099511627776 bytes"), "{err}");
+        } else {
+            assert_eq!(*declared, None);
+        }
+        assert!(!err.is_transient(), "never retried: {err}");
+        let served = served.load(std::sync::atomic::Ordering::Relaxed);
+        println!("endless file, length announced: {announce_length}: the server handed out {served} bytes");
+    }
 }

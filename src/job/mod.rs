@@ -28,7 +28,7 @@ use crate::{
         job_spec::{self, JobContext, WorkspaceFile},
         labels,
     },
-    queue::{RunKey, client::JobHandle, types::Job},
+    queue::{QueueError, RunKey, client::JobHandle, types::Job},
     redact::Redactor,
     slots::SlotPermit,
 };
@@ -199,22 +199,33 @@ impl JobRun {
 
     /// Fetches the workspace files stored on the frontend, with the job token, so the pod never
     /// needs them; inline files are taken as they are.
+    /// The workspace files with their content, downloading the ones the payload only references.
+    ///
+    /// Every file ends up in the job Secret, so each download may only take what is left of the
+    /// Secret's limit after the token and the inline files: an oversized file fails the job
+    /// (permanently) before most of it is read.
     async fn fetch_files(&self, job: &Job) -> Result<Vec<WorkspaceFile>, Outcome> {
+        let inline: usize = job
+            .files
+            .values()
+            .filter_map(|file| file.content.as_ref())
+            .map(Vec::len)
+            .sum();
+        let mut budget = job_spec::MAX_SECRET_BYTES.saturating_sub(job.token.expose().len() + inline);
         let mut files = Vec::with_capacity(job.files.len());
         for (path, file) in &job.files {
             let content = match (&file.content, &file.bucket, &file.key) {
                 (Some(content), _, _) => content.clone(),
-                (None, Some(bucket), Some(key)) => self
-                    .deps
-                    .queue
-                    .get_file(&self.handle, bucket, key)
-                    .await
-                    .map_err(|error| {
-                        Outcome::setup_failed(
-                            FailureKind::Infrastructure,
-                            format!("could not fetch workspace file {path:?} from the frontend: {error}"),
-                        )
-                    })?,
+                (None, Some(bucket), Some(key)) => {
+                    let content = self
+                        .deps
+                        .queue
+                        .get_file(&self.handle, bucket, key, budget)
+                        .await
+                        .map_err(|error| download_failed(path, &error))?;
+                    budget -= content.len();
+                    content
+                }
                 _ => {
                     return Err(Outcome::setup_failed(
                         FailureKind::Permanent,
@@ -229,5 +240,22 @@ impl JobRun {
             });
         }
         Ok(files)
+    }
+}
+
+fn download_failed(path: &str, error: &QueueError) -> Outcome {
+    match error {
+        QueueError::TooLarge { .. } => Outcome::setup_failed(
+            FailureKind::Permanent,
+            format!(
+                "workspace file {path:?} does not fit the job Secret ({} bytes at most, with the \
+                 token and the other files): {error}",
+                job_spec::MAX_SECRET_BYTES
+            ),
+        ),
+        _ => Outcome::setup_failed(
+            FailureKind::Infrastructure,
+            format!("could not fetch workspace file {path:?} from the frontend: {error}"),
+        ),
     }
 }

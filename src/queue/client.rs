@@ -104,11 +104,16 @@ pub enum QueueError {
         /// The response body, truncated, with any secret this client knows replaced.
         body: String,
     },
-    #[error("{op}: cannot decode the frontend's response: {source}")]
-    Decode {
+    /// `reason` never quotes the response: a job payload can hold secrets no redactor knows yet.
+    #[error("{op}: cannot decode the frontend's response: {reason}")]
+    Decode { op: &'static str, reason: String },
+    /// A downloaded file would not fit the room left for it; nothing past `limit` was read.
+    #[error("{op}: the file is larger than the {limit} bytes left for it{}", declared_size(*.declared))]
+    TooLarge {
         op: &'static str,
-        #[source]
-        source: serde_json::Error,
+        limit: usize,
+        /// The size the frontend announced (`Content-Length`), when it did.
+        declared: Option<u64>,
     },
     /// A dequeued job whose payload cannot be read: it is ours on the frontend now, so it must
     /// be reported (failed) rather than dropped.
@@ -140,6 +145,13 @@ pub enum QueueError {
 }
 
 impl QueueError {
+    fn decode(op: &'static str, source: &serde_json::Error) -> Self {
+        Self::Decode {
+            op,
+            reason: super::types::payload_error_reason(source),
+        }
+    }
+
     /// Whether trying again later may succeed: connection problems, timeouts, 408, 429 and 5xx
     /// (Sourcegraph reports its own handler errors as 500).
     pub fn is_transient(&self) -> bool {
@@ -147,6 +159,7 @@ impl QueueError {
             Self::Connect { .. } | Self::Timeout { .. } | Self::Transport { .. } => true,
             Self::Status { status, .. } => matches!(status, 408 | 429 | 500..=599),
             Self::Decode { .. }
+            | Self::TooLarge { .. }
             | Self::UnreadableJob { .. }
             | Self::Encode { .. }
             | Self::InvalidUrl { .. }
@@ -182,6 +195,7 @@ impl QueueError {
                 _ => "unexpected_status",
             },
             Self::Decode { .. } | Self::UnreadableJob { .. } => "decode",
+            Self::TooLarge { .. } => "too_large",
             Self::Encode { .. } => "encode",
             Self::InvalidUrl { .. } | Self::InvalidRouteSegment { .. } => "invalid_url",
             Self::InvalidHeader { .. } => "invalid_header",
@@ -423,7 +437,7 @@ impl QueueClient {
                         },
                         reason: super::types::payload_error_reason(&source),
                     }),
-                    Err(_) => Err(QueueError::Decode { op, source }),
+                    Err(_) => Err(QueueError::decode(op, &source)),
                 }
             }
         }
@@ -511,7 +525,16 @@ impl QueueClient {
 
     /// Downloads a workspace file: `GET /.executors/files/<bucket>/<key>`, retrying transient
     /// failures. `key` may contain `/` separators.
-    pub async fn get_file(&self, job: &JobHandle, bucket: &str, key: &str) -> Result<Vec<u8>, QueueError> {
+    ///
+    /// At most `limit` bytes are read: a file announced or found to be larger ends the download
+    /// with [`QueueError::TooLarge`] as soon as that is known, so a huge file never sits in memory.
+    pub async fn get_file(
+        &self,
+        job: &JobHandle,
+        bucket: &str,
+        key: &str,
+        limit: usize,
+    ) -> Result<Vec<u8>, QueueError> {
         let op = "getFile";
         let mut dynamic = vec![("bucket", bucket)];
         dynamic.extend(key.split('/').map(|segment| ("file key segment", segment)));
@@ -530,11 +553,7 @@ impl QueueClient {
             let response = self
                 .check_status(op, response, &[StatusCode::OK], Auth::Job(job))
                 .await?;
-            let bytes = response
-                .bytes()
-                .await
-                .map_err(|err| QueueError::from_reqwest(op, err))?;
-            Ok(bytes.to_vec())
+            read_at_most(op, response, limit).await
         })
         .await
     }
@@ -826,7 +845,38 @@ async fn decode_json<T: DeserializeOwned>(
         .bytes()
         .await
         .map_err(|err| QueueError::from_reqwest(op, err))?;
-    serde_json::from_slice(&bytes).map_err(|source| QueueError::Decode { op, source })
+    serde_json::from_slice(&bytes).map_err(|source| QueueError::decode(op, &source))
+}
+
+/// The whole body, or [`QueueError::TooLarge`] as soon as it is known to pass `limit` bytes.
+async fn read_at_most(
+    op: &'static str,
+    mut response: reqwest::Response,
+    limit: usize,
+) -> Result<Vec<u8>, QueueError> {
+    let declared = response.content_length();
+    let too_large = || QueueError::TooLarge { op, limit, declared };
+    if declared.is_some_and(|length| length > limit as u64) {
+        return Err(too_large());
+    }
+    let mut body = Vec::with_capacity(declared.map_or(0, |length| length as usize));
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|err| QueueError::from_reqwest(op, err))?
+    {
+        if body.len() + chunk.len() > limit {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+fn declared_size(declared: Option<u64>) -> String {
+    declared.map_or_else(String::new, |bytes| {
+        format!(" (the frontend announced {bytes} bytes)")
+    })
 }
 
 /// Reads at most `limit` bytes of the body; a body that fails midway keeps what arrived.
@@ -1013,10 +1063,14 @@ mod tests {
         for code in [301, 400, 401, 403, 404, 409, 422] {
             assert!(!status(code).is_transient(), "{code}");
         }
-        let decode = QueueError::Decode {
-            op: "t",
-            source: serde_json::from_str::<i64>("x").expect_err("not a number"),
-        };
+        let decode = QueueError::decode(
+            "t",
+            &serde_json::from_str::<i64>("\"hunter2\"").expect_err("not a number"),
+        );
+        assert_eq!(
+            decode.to_string(),
+            "t: cannot decode the frontend's response: invalid type: string, expected i64 at line 1 column 9"
+        );
         assert!(!decode.is_transient());
         assert_eq!(decode.status(), None);
         assert_eq!(status(503).status(), Some(503));
