@@ -4,7 +4,7 @@ mod support;
 
 use std::time::Duration;
 
-use dev_frontend::{JobFile, JobState, NewJob};
+use dev_frontend::{DockerStep, JobFile, JobState, NewJob};
 use support::{Env, job, step};
 
 const TIMEOUT: Duration = Duration::from_secs(120);
@@ -291,4 +291,85 @@ async fn an_oversized_workspace_file_fails_the_job_before_it_is_read_into_memory
     let record = env.wait_terminal(next, TIMEOUT).await;
     assert_eq!(record.state, JobState::Completed, "{record:#?}");
     env.wait_no_objects(Duration::from_secs(30)).await;
+}
+
+/// `$(touch <marker>)` and a quote-breaking `';touch <marker>;'`: a shell that ran either would
+/// create the marker.
+fn injections(marker: &std::path::Path) -> String {
+    let marker = marker.display();
+    format!("$(touch {marker})';touch {marker};'")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_values_in_a_runnable_payload_are_inert() {
+    let env = Env::start().await;
+    let scratch = support::Gate::new();
+    let marker = scratch.path("injected");
+    let hostile = injections(&marker);
+    let commit = env
+        .frontend
+        .create_repo(
+            "github.com/acme/inert",
+            &[("README.md", "inert\n"), ("other.txt", "x\n")],
+        )
+        .await
+        .expect("create repository");
+    let mut runnable = job(vec![DockerStep {
+        env: vec![format!("HOSTILE={hostile}")],
+        dir: format!("work/{hostile}"),
+        ..step(
+            &format!("key{hostile}"),
+            &[
+                "printf 'env=%s\\n' \"$HOSTILE\"",
+                "find /job/in -type f -exec cat {} +",
+                "find /job -name README.md -o -name other.txt | sed 's|.*/||'",
+            ],
+        )
+    }]);
+    runnable.repository_name = "github.com/acme/inert".into();
+    runnable.repository_directory = format!("repo{hostile}");
+    runnable.commit = commit.clone();
+    runnable.sparse_checkout = vec!["README.md".into(), hostile.clone()];
+    runnable.files.insert(
+        format!("in/{hostile}.txt"),
+        JobFile {
+            content: Some("file-content-arrived".into()),
+            ..JobFile::default()
+        },
+    );
+    runnable.files.insert(
+        format!("work/{hostile}/.keep"),
+        JobFile {
+            content: Some(String::new()),
+            ..JobFile::default()
+        },
+    );
+    let id = env.frontend.enqueue(runnable);
+    let mut unknown_repository = job(vec![step("run", &["echo should-not-run"])]);
+    unknown_repository.repository_name = format!("github.com/acme/{hostile}");
+    unknown_repository.commit = commit;
+    let unknown = env.frontend.enqueue(unknown_repository);
+
+    let _executor = env.spawn_executor(&[]);
+    let record = env.wait_terminal(id, TIMEOUT).await;
+    assert_eq!(record.state, JobState::Completed, "{}", error_of(&record));
+    let out = entry_out(&record, &format!("step.kubernetes.key{hostile}"));
+    assert!(out.contains(&format!("stdout: env={hostile}\n")), "{out}");
+    assert!(out.contains("stdout: file-content-arrived"), "{out}");
+    assert!(out.contains("stdout: README.md\n"), "{out}");
+    assert!(
+        !out.contains("stdout: other.txt\n"),
+        "the sparse checkout lost its patterns: {out}"
+    );
+    let record = env.wait_terminal(unknown, TIMEOUT).await;
+    assert_ne!(record.state, JobState::Completed, "{record:#?}");
+    assert!(
+        record
+            .log_entries
+            .iter()
+            .all(|e| !e.out.contains("should-not-run")),
+        "{record:#?}"
+    );
+    env.wait_no_objects(Duration::from_secs(30)).await;
+    assert!(!marker.exists(), "a payload value ran as a command");
 }

@@ -212,7 +212,7 @@ pub enum JobPayloadError {
     },
     #[error("file {path:?}: modifiedAt is not an RFC 3339 time")]
     FileModifiedAt { path: String, source: jiff::Error },
-    #[error("file {path:?}: has neither content nor bucket and key")]
+    #[error("file {path:?}: has a bucket or a key but not both, and no content")]
     FileWithoutSource { path: String },
 }
 
@@ -250,9 +250,13 @@ impl TryFrom<RawJob> for Job {
                     };
                     let bucket = bucket.filter(|b| !b.is_empty());
                     let key = key.filter(|k| !k.is_empty());
-                    if content.is_none() && (bucket.is_none() || key.is_none()) {
-                        return Err(JobPayloadError::FileWithoutSource { path });
-                    }
+                    let content = match (content, &bucket, &key) {
+                        (Some(content), _, _) => Some(content),
+                        (None, Some(_), Some(_)) => None,
+                        // Sourcegraph omits empty fields, so this is how an empty file arrives.
+                        (None, None, None) => Some(Vec::new()),
+                        (None, _, _) => return Err(JobPayloadError::FileWithoutSource { path }),
+                    };
                     let modified_at = match modified_at.filter(|m| !m.is_empty()) {
                         None => None,
                         Some(value) => {
@@ -516,6 +520,22 @@ mod tests {
         assert_eq!(job.files["a.txt"].content.as_deref(), Some(&b"aGVsbG8="[..]));
         assert_eq!(job.files["b.txt"].content.as_deref(), Some(&b"plain"[..]));
         assert!(job.docker_steps[0].env.is_empty());
+    }
+
+    #[test]
+    fn a_file_with_only_a_time_is_empty_and_half_a_reference_is_an_error() {
+        let job = serde_json::from_str::<Job>(
+            r#"{"version":2,"id":1,"files":{".keep":{"modifiedAt":"0001-01-01T00:00:00Z"}}}"#,
+        )
+        .expect("an empty file is valid");
+        assert_eq!(job.files[".keep"].content.as_deref(), Some(&b""[..]));
+        let err = serde_json::from_str::<Job>(r#"{"version":2,"id":1,"files":{"x":{"bucket":"b"}}}"#)
+            .expect_err("a bucket without a key");
+        assert!(
+            err.to_string()
+                .contains("file \"x\": has a bucket or a key but not both"),
+            "{err}"
+        );
     }
 
     #[test]
