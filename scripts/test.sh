@@ -8,8 +8,12 @@
 #   2. scripts/install-tools.sh          helm and kubernetes-validate (cached)
 #   3. cargo fmt --check, cargo build (all targets, one shared target dir), cargo clippy -D warnings
 #   4. cargo test --workspace            unit tests, the test bed's proofs, the executor's end-to-end tests
-#   5. scripts/validate-golden.sh        golden Job objects against the Kubernetes schemas
-#   6. scripts/check-deploy.sh           Helm/Kustomize/RBAC checks, with a server-side dry run on a
+#   5. cargo bench --profile dev --bench log_flood
+#                                        executor memory with 20 jobs flooding their logs, as a ratio
+#                                        to 20 quiet ones (prints the figures; fails if memory grows
+#                                        with the output)
+#   6. scripts/validate-golden.sh        golden Job objects against the Kubernetes schemas
+#   7. scripts/check-deploy.sh           Helm/Kustomize/RBAC checks, with a server-side dry run on a
 #                                        local control plane started for the purpose
 set -euo pipefail
 
@@ -32,6 +36,9 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 
 step "cargo test"
 cargo test --workspace --locked --no-fail-fast
+
+step "benchmark: executor memory with 20 jobs flooding their logs (test build)"
+cargo bench --profile dev --locked --bench log_flood
 
 step "validating golden objects"
 scripts/validate-golden.sh
