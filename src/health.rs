@@ -249,8 +249,8 @@ async fn status_page(State(s): State<AppState>) -> Html<String> {
     }
     let events: String = s
         .deps
-        .events
-        .snapshot()
+        .metrics
+        .event_counts()
         .into_iter()
         .map(|(k, v)| format!("<tr><td>{}</td><td>{v}</td></tr>", escape(k)))
         .collect();

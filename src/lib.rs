@@ -22,6 +22,7 @@ mod health;
 mod job;
 mod k8s;
 mod log_entry;
+mod metrics;
 pub mod queue;
 mod redact;
 mod retry;
@@ -41,9 +42,10 @@ use tracing::{info, warn};
 use crate::{
     config::Config,
     context::Deps,
-    events::{Event, Events},
+    events::Event,
     job::registry::Registry,
     k8s::{labels, objects::Objects, watch::ClusterView},
+    metrics::Metrics,
     queue::client::{ClientOptions, QueueClient},
     runner::FrontendStatus,
     slots::Slots,
@@ -68,6 +70,8 @@ pub enum RunError {
     Forbidden(String),
     #[error("the executor's Kubernetes identity lacks permissions (fix its Role): {0}")]
     MissingPermissions(String),
+    #[error("cannot set up the metrics: {0}")]
+    Metrics(String),
 }
 
 /// Builds the Kubernetes client: EXECUTOR_KUBERNETES_CONFIG_PATH, else `$KUBECONFIG` /
@@ -75,7 +79,7 @@ pub enum RunError {
 ///
 /// # Errors
 /// When no configuration can be loaded.
-pub async fn kube_client(config: &Config) -> Result<kube::Client, RunError> {
+pub async fn kube_client(config: &Config, metrics: &Metrics) -> Result<kube::Client, RunError> {
     let kube_config = match &config.kubernetes.config_path {
         Some(path) => {
             let kubeconfig = kube::config::Kubeconfig::read_from(path)
@@ -88,7 +92,13 @@ pub async fn kube_client(config: &Config) -> Result<kube::Client, RunError> {
             .await
             .map_err(|e| RunError::KubeConfig(e.to_string()))?,
     };
-    kube::Client::try_from(kube_config).map_err(|e| RunError::KubeConfig(e.to_string()))
+    let builder = kube::client::ClientBuilder::try_from(kube_config)
+        .map_err(|e| RunError::KubeConfig(e.to_string()))?;
+    Ok(builder
+        .with_layer(&k8s::request_metrics::RequestMetricsLayer {
+            metrics: metrics.clone(),
+        })
+        .build())
 }
 
 /// Runs the executor until `shutdown` has drained it (or EXECUTOR_NUM_TOTAL_JOBS /
@@ -148,20 +158,23 @@ impl Executor {
     /// Builds the clients, starts the shared watches and the slot tracking.
     async fn assemble(config: Arc<Config>, background: &Background) -> Result<Self, RunError> {
         let executor_name = format!("{}-{}", config.hostname, uuid::Uuid::new_v4());
-        let client = kube_client(&config).await?;
+        let queue_label = runner::queue_label(&config.queues);
+        let metrics = Metrics::new(&queue_label, &config.reported_version)
+            .map_err(|e| RunError::Metrics(e.to_string()))?;
+        let client = kube_client(&config, &metrics).await?;
         let queue = QueueClient::new(ClientOptions {
             frontend_url: config.frontend_url.clone(),
             password: config.frontend_password.clone(),
             executor_name: executor_name.clone(),
             user_agent: format!("kube-executor/{}", telemetry::BUILD_VERSION),
-        })?;
+        })?
+        .with_metrics(metrics.clone());
         let namespace = config.kubernetes.namespace.clone();
-        let events = Events::default();
         let view = ClusterView::spawn(
             client.clone(),
             &namespace,
             &labels::instance_selector(&config.instance_id),
-            events.clone(),
+            metrics.clone(),
             &background.tasks,
             background.stop.clone(),
         );
@@ -171,14 +184,14 @@ impl Executor {
             slots.clone(),
             background.stop.clone(),
         ));
-        let system = SystemInfo::gather(runner::queue_label(&config.queues), slots.clone()).await;
+        let system = SystemInfo::gather(slots.clone()).await;
         let deps = Deps {
             objects: Objects::new(client.clone(), &namespace, &config.instance_id),
             pods: kube::Api::namespaced(client.clone(), &namespace),
             config,
             queue,
             view,
-            events,
+            metrics,
             registry: Registry::default(),
             executor_name,
         };
@@ -250,7 +263,7 @@ impl Executor {
             Ok(0) => {}
             Ok(n) => {
                 for _ in 0..n {
-                    self.deps.events.record(Event::LeftoverJobDeleted);
+                    self.deps.metrics.record(Event::LeftoverJobDeleted);
                 }
                 info!(deleted = n, "removed Jobs left by an earlier executor process");
             }

@@ -6,7 +6,8 @@ use std::time::{Duration, Instant};
 use jiff::Timestamp;
 
 use crate::{
-    events::{Event, Events},
+    events::Event,
+    metrics::Metrics,
     queue::{
         client::{JobHandle, QueueClient},
         types::ExecutionLogEntry,
@@ -29,7 +30,7 @@ pub struct EntrySink {
     pub redactor: Redactor,
     /// EXECUTOR_LOG_ENTRY_MAX_BYTES.
     pub max_bytes: usize,
-    pub events: Events,
+    pub metrics: Metrics,
 }
 
 /// Builds and uploads one entry. Output lines are redacted and prefixed `stdout: `.
@@ -44,7 +45,7 @@ pub struct LogEntryWriter {
     dirty: bool,
     last_sent: Instant,
     started: Instant,
-    events: Events,
+    metrics: Metrics,
 }
 
 /// The size-cap notice, itself a `stdout: ` line so parsers of the output keep working.
@@ -71,7 +72,7 @@ impl LogEntryWriter {
             job,
             redactor,
             max_bytes,
-            events,
+            metrics,
         } = sink;
         let entry = ExecutionLogEntry {
             key: key.to_string(),
@@ -93,7 +94,7 @@ impl LogEntryWriter {
             dirty: false,
             last_sent: Instant::now(),
             started: Instant::now(),
-            events,
+            metrics,
         })
     }
 
@@ -107,7 +108,7 @@ impl LogEntryWriter {
             if self.entry.out.len() + line.len() + notice.len() > self.max_bytes {
                 self.entry.out.push_str(&notice);
                 self.truncated = true;
-                self.events.record(Event::LogEntryTruncated);
+                self.metrics.record(Event::LogEntryTruncated);
                 break;
             }
             self.entry.out.push_str(&line);

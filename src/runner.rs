@@ -191,7 +191,7 @@ pub async fn heartbeat_loop(
                 apply_heartbeat_response(&deps, &running, &response);
             }
             Err(error) => {
-                deps.events.record(Event::FrontendError);
+                deps.metrics.record(Event::FrontendError);
                 warn!(%error, "heartbeat failed; retrying on the next tick");
             }
         }
@@ -247,7 +247,7 @@ fn run_key(queues: &QueueSelection, job: &Job) -> Result<RunKey, (RunKey, String
 
 /// Marks a dequeued job failed without running it.
 async fn fail_unrun(deps: &Deps, job: &crate::queue::client::JobHandle, message: &str) {
-    deps.events.record(Event::JobPermanentlyFailed);
+    deps.metrics.record(Event::JobPermanentlyFailed);
     warn!(job_id = job.id, queue = %job.queue, message, "not running the dequeued job; marking it failed");
     if let Err(error) = deps.queue.mark_failed(job, message).await {
         warn!(job_id = job.id, %error, "could not mark the job failed");
@@ -294,7 +294,7 @@ pub async fn dequeue_loop(deps: Deps, slots: std::sync::Arc<Slots>, jobs: TaskTr
             Ok(Some(job)) => {
                 consecutive_errors = 0;
                 dequeued += 1;
-                deps.events.record(Event::JobDequeued);
+                deps.metrics.record(Event::JobDequeued);
                 info!(job_id = job.id, queue = %job.queue, "dequeued a job");
                 match run_key(&cfg.queues, &job) {
                     Ok(key) => {
@@ -323,7 +323,7 @@ pub async fn dequeue_loop(deps: Deps, slots: std::sync::Arc<Slots>, jobs: TaskTr
             }
             Err(error) => {
                 drop(permit);
-                deps.events.record(Event::FrontendError);
+                deps.metrics.record(Event::FrontendError);
                 consecutive_errors = consecutive_errors.saturating_add(1);
                 let delay = error_backoff(cfg.poll_interval, consecutive_errors);
                 warn!(%error, retry_in_ms = delay.as_millis() as u64, "dequeue failed");

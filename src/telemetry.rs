@@ -40,34 +40,23 @@ pub struct SystemInfo {
     pub os: String,
     pub architecture: String,
     pub git_version: String,
-    pub queue_label: String,
     pub slots: std::sync::Arc<crate::slots::Slots>,
 }
 
 impl SystemInfo {
     /// Gathers OS, architecture (Go's names, which the frontend shows) and `git version`.
-    pub async fn gather(queue_label: String, slots: std::sync::Arc<crate::slots::Slots>) -> Self {
+    pub async fn gather(slots: std::sync::Arc<crate::slots::Slots>) -> Self {
         Self {
             os: std::env::consts::OS.to_string(),
             architecture: go_arch(std::env::consts::ARCH).to_string(),
             git_version: git_version().await.unwrap_or_default(),
-            queue_label,
             slots,
         }
     }
 
     /// The Prometheus text sent in heartbeats and served on /metrics.
     pub fn metrics_text(&self, deps: &Deps) -> String {
-        let mut text = deps
-            .events
-            .render_prometheus(&self.queue_label, self.slots.max(), self.slots.used());
-        text.push_str("# HELP kube_executor_build_info The executor's build version.\n");
-        text.push_str("# TYPE kube_executor_build_info gauge\n");
-        text.push_str(&format!(
-            "kube_executor_build_info{{version=\"{BUILD_VERSION}\",reported_version=\"{}\"}} 1\n",
-            deps.config.reported_version.replace('"', "")
-        ));
-        text
+        deps.metrics.render(self.slots.max(), self.slots.used())
     }
 }
 

@@ -16,6 +16,7 @@ use crate::{
         watch::{ClusterView, CreatedJob},
     },
     log_entry::{EntrySink, LogEntryWriter},
+    metrics::CommandOp,
     queue::client::JobHandle,
     redact::Redactor,
 };
@@ -107,7 +108,7 @@ impl ContainerFollower {
             job: self.handle.clone(),
             redactor: self.redactor.clone(),
             max_bytes: self.deps.config.log_entry_max_bytes,
-            events: self.deps.events.clone(),
+            metrics: self.deps.metrics.clone(),
         };
         let opened =
             LogEntryWriter::open(sink, &self.entry.key, &self.entry.command, self.entry.start_time).await;
@@ -143,7 +144,11 @@ impl ContainerFollower {
             let wait = writer.next_flush_in().unwrap_or(Duration::from_secs(3600));
             tokio::select! {
                 line = rx.recv() => match line {
-                    Some(line) => writer.push_line(&line),
+                    Some(line) => {
+                        // The line plus the newline it ended with.
+                        self.deps.metrics.record_log_output(line.len() + 1, 1);
+                        writer.push_line(&line);
+                    }
                     None => break,
                 },
                 result = &mut follow, if !follow_done => {
@@ -171,15 +176,19 @@ impl ContainerFollower {
             pod: &self.pod,
             container: &self.container,
         };
+        let started = std::time::Instant::now();
         let result = logs::follow(
             source,
             &probe,
             self.deps.view.subscribe(),
-            &self.deps.events,
+            &self.deps.metrics,
             &self.stop,
             on_line,
         )
         .await;
+        self.deps
+            .metrics
+            .observe_command(CommandOp::PodLogs, started.elapsed(), result.is_ok());
         match result {
             Ok(()) => Ok(()),
             Err(error @ logs::FollowError::Forbidden(_)) => {

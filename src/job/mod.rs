@@ -28,6 +28,7 @@ use crate::{
         job_spec::{self, JobContext, WorkspaceFile},
         labels,
     },
+    metrics::CommandOp,
     queue::{QueueError, RunKey, client::JobHandle, types::Job},
     redact::Redactor,
     slots::SlotPermit,
@@ -60,6 +61,23 @@ impl Outcome {
             Outcome::Stopped(StopReason::Abandoned) => "abandoned",
             Outcome::Stopped(StopReason::Shutdown) => "stopped by shutdown",
             Outcome::TimedOut => "timed out",
+        }
+    }
+
+    /// How the outcome is reported to the frontend and why, as `kube_executor_job_outcomes_total`
+    /// labels them: a fixed set of values, never the failure text.
+    fn metric_labels(&self) -> (&'static str, &'static str) {
+        match self {
+            Outcome::Succeeded => ("completed", "succeeded"),
+            Outcome::Failed { failure, .. } => match failure.kind {
+                FailureKind::StepFailed => ("errored", "step_failed"),
+                FailureKind::Infrastructure => ("errored", "infrastructure"),
+                FailureKind::Permanent => ("failed", "permanent"),
+            },
+            Outcome::Stopped(StopReason::Canceled) => ("failed", "canceled"),
+            Outcome::Stopped(StopReason::Abandoned) => ("not_reported", "abandoned"),
+            Outcome::Stopped(StopReason::Shutdown) => ("errored", "shutdown"),
+            Outcome::TimedOut => ("errored", "timed_out"),
         }
     }
 
@@ -132,7 +150,7 @@ pub async fn run(deps: Deps, key: RunKey, job: Job, mut permit: SlotPermit, stop
 
 impl JobRun {
     async fn run_to_end(&self, job: &Job) {
-        self.deps.events.handler_started();
+        self.deps.metrics.handler_started();
         let started = Instant::now();
         info!("job started");
         if self.deps.config.job_audit_logging {
@@ -144,16 +162,16 @@ impl JobRun {
                 "job received (audit)"
             );
         }
-        let outcome = self.execute(job).await;
+        let outcome = self.execute(job, started).await;
         let errored = !matches!(outcome, Outcome::Succeeded);
         self.report(outcome).await;
         self.deps.registry.remove(&self.key);
-        self.deps.events.handler_finished(started.elapsed(), errored);
+        self.deps.metrics.handler_finished(started.elapsed(), errored);
         info!(elapsed_ms = started.elapsed().as_millis() as u64, "job finished");
     }
 
     /// Creates the job's objects, supervises the pod to its end and tears the objects down.
-    async fn execute(&self, job: &Job) -> Outcome {
+    async fn execute(&self, job: &Job, dequeued_at: Instant) -> Outcome {
         let files = match self.fetch_files(job).await {
             Ok(files) => files,
             Err(outcome) => return outcome,
@@ -172,9 +190,16 @@ impl JobRun {
             Err(error) => return Outcome::setup_failed(FailureKind::Permanent, error.to_string()),
         };
         let created_at = Instant::now();
-        let created = match self.deps.objects.create(&objects).await {
+        let created = self.deps.objects.create(&objects).await;
+        self.deps
+            .metrics
+            .observe_command(CommandOp::JobCreate, created_at.elapsed(), created.is_ok());
+        let created = match created {
             Ok(created) => {
-                self.deps.events.record(Event::JobCreated);
+                self.deps
+                    .metrics
+                    .observe_dequeue_to_job_created(dequeued_at.elapsed());
+                self.deps.metrics.record(Event::JobCreated);
                 info!(
                     replaced_leftovers = created.replaced_leftovers,
                     "Kubernetes Job created"

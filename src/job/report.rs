@@ -12,6 +12,7 @@ use crate::{
     events::Event,
     k8s::{failure::FailureKind, job_spec::JobObjects},
     log_entry,
+    metrics::CommandOp,
     queue::{QueueError, client::MarkOutcome},
 };
 
@@ -44,7 +45,11 @@ impl JobRun {
 
     async fn delete_objects(&self, objects: &JobObjects, owned: bool) {
         let start = (Timestamp::now(), Instant::now());
-        let (lines, exit_code) = match self.deps.objects.delete_all(objects, owned).await {
+        let deleted = self.deps.objects.delete_all(objects, owned).await;
+        self.deps
+            .metrics
+            .observe_command(CommandOp::JobDelete, start.1.elapsed(), deleted.is_ok());
+        let (lines, exit_code) = match deleted {
             Ok(done) => (done, 0),
             Err(failed) => {
                 let lines: Vec<String> = failed.iter().map(|f| format!("failed to delete {f}")).collect();
@@ -87,11 +92,13 @@ impl JobRun {
 
     /// Records the outcome's event and sends its mark; `None` when the job is not to be reported.
     async fn send_mark(&self, outcome: &Outcome) -> Option<Result<MarkOutcome, QueueError>> {
-        let (events, queue, handle, job_name) =
-            (&self.deps.events, &self.deps.queue, &self.handle, &self.job_name);
+        let (metrics, queue, handle, job_name) =
+            (&self.deps.metrics, &self.deps.queue, &self.handle, &self.job_name);
+        let (reported_as, reason) = outcome.metric_labels();
+        metrics.record_outcome(reported_as, reason);
         let result = match outcome {
             Outcome::Succeeded => {
-                events.record(Event::JobSucceeded);
+                metrics.record(Event::JobSucceeded);
                 queue.mark_complete(handle).await
             }
             Outcome::Failed { key, failure } => {
@@ -104,37 +111,37 @@ impl JobRun {
                 info!(%message, "job failed");
                 match failure.kind {
                     FailureKind::StepFailed => {
-                        events.record(Event::JobStepFailed);
+                        metrics.record(Event::JobStepFailed);
                         queue.mark_errored(handle, &message).await
                     }
                     FailureKind::Infrastructure => {
-                        events.record(Event::JobInfrastructureFailed);
+                        metrics.record(Event::JobInfrastructureFailed);
                         queue.mark_errored(handle, &message).await
                     }
                     FailureKind::Permanent => {
-                        events.record(Event::JobPermanentlyFailed);
+                        metrics.record(Event::JobPermanentlyFailed);
                         queue.mark_failed(handle, &message).await
                     }
                 }
             }
             Outcome::Stopped(StopReason::Canceled) => {
-                events.record(Event::JobCanceled);
+                metrics.record(Event::JobCanceled);
                 queue.mark_failed(handle, "job was canceled").await
             }
             Outcome::Stopped(StopReason::Abandoned) => {
-                events.record(Event::JobAbandoned);
+                metrics.record(Event::JobAbandoned);
                 info!("the frontend no longer knows this job; not reporting it");
                 return None;
             }
             Outcome::Stopped(StopReason::Shutdown) => {
-                events.record(Event::JobInterruptedByShutdown);
+                metrics.record(Event::JobInterruptedByShutdown);
                 let message = self.redactor.redact(&format!(
                     "job {job_name} was stopped because the executor shut down; it will be retried"
                 ));
                 queue.mark_errored(handle, &message).await
             }
             Outcome::TimedOut => {
-                events.record(Event::JobTimedOut);
+                metrics.record(Event::JobTimedOut);
                 let limit = format_go_duration(self.deps.config.maximum_runtime_per_job);
                 let message = self.redactor.redact(&format!(
                     "job {job_name} failed: job exceeded maximum execution time of {limit}"

@@ -24,6 +24,7 @@ use crate::{
         job_spec::{self, StepSpec},
         watch::CreatedJob,
     },
+    metrics::CommandOp,
 };
 
 /// How long followers of a finished pod get to read its logs to the end.
@@ -45,6 +46,7 @@ pub(super) struct Supervisor<'a> {
     restarts: HashMap<String, i32>,
     entry_order: EntryOrder,
     stop_followers: CancellationToken,
+    created_at: Instant,
 }
 
 impl<'a> Supervisor<'a> {
@@ -59,12 +61,19 @@ impl<'a> Supervisor<'a> {
             restarts: HashMap::new(),
             entry_order: EntryOrder::default(),
             stop_followers: CancellationToken::new(),
+            created_at,
         }
     }
 
     /// Supervises the pod to its end; returns how the job ended, once every entry is closed.
     pub(super) async fn run(mut self) -> Outcome {
+        let started = Instant::now();
         let outcome = self.watch_until_done().await;
+        let succeeded = matches!(outcome, Outcome::Succeeded);
+        self.run
+            .deps
+            .metrics
+            .observe_command(CommandOp::PodWait, started.elapsed(), succeeded);
         let finished = matches!(outcome, Outcome::Succeeded | Outcome::Failed { .. });
         let unreadable = self.drain_followers(finished).await;
         // A job whose output could not be read did not really succeed: batch changes read their
@@ -133,10 +142,11 @@ impl<'a> Supervisor<'a> {
                 .insert(cs.name.clone(), cs.restart_count)
                 .unwrap_or(0);
             for _ in previous..cs.restart_count {
-                self.run.deps.events.record(Event::PodRestart);
+                self.run.deps.metrics.record(Event::PodRestart);
             }
         }
         let pod_name = pod.metadata.name.clone().unwrap_or_default();
+        let was_running = !self.following.is_empty();
         for cs in started_in_pod_order(self.steps, pod) {
             if !self.following.insert(cs.name.clone()) {
                 continue;
@@ -158,6 +168,12 @@ impl<'a> Supervisor<'a> {
                 stop: self.stop_followers.clone(),
             };
             self.followers.spawn(follower.run().in_current_span());
+        }
+        if !was_running && !self.following.is_empty() {
+            self.run
+                .deps
+                .metrics
+                .observe_pending_before_running(self.created_at.elapsed());
         }
     }
 

@@ -16,10 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use super::api_error;
-use crate::{
-    events::{Event, Events},
-    retry,
-};
+use crate::{events::Event, metrics::Metrics, retry};
 
 /// Where to resume a log stream.
 ///
@@ -114,7 +111,7 @@ pub async fn follow(
     source: LogSource<'_>,
     probe: &dyn ContainerProbe,
     mut changes: watch::Receiver<u64>,
-    events: &Events,
+    metrics: &Metrics,
     stop: &CancellationToken,
     mut on_line: impl FnMut(&str),
 ) -> Result<(), FollowError> {
@@ -171,7 +168,7 @@ pub async fn follow(
         // read to its end once more, but it did not break: only a broken stream, or one cut while
         // the container runs on, counts as resumed.
         if outcome == Outcome::Broke || (ended && !probe.terminated()) {
-            events.record(Event::LogStreamResumed);
+            metrics.record(Event::LogStreamResumed);
         }
     }
 }
@@ -582,7 +579,7 @@ mod tests {
         struct Following<S = ApiServer> {
             server: S,
             container: Arc<FakeContainer>,
-            events: Events,
+            metrics: Metrics,
             result: tokio::task::JoinHandle<(Result<(), FollowError>, Vec<String>)>,
             changes: watch::Sender<u64>,
         }
@@ -595,11 +592,11 @@ mod tests {
         /// [`start`] with the client and server given.
         fn start_on<S>((client, server): (kube::Client, S), container: FakeContainer) -> Following<S> {
             let container = Arc::new(container);
-            let events = Events::default();
+            let metrics = Metrics::for_tests();
             // Kept open: a closed channel would end every pause at once.
             let (changes, receiver) = watch::channel(0);
             let result = tokio::spawn({
-                let (container, events) = (container.clone(), events.clone());
+                let (container, metrics) = (container.clone(), metrics.clone());
                 async move {
                     let pods: Api<Pod> = Api::namespaced(client, "ns");
                     let mut lines = Vec::new();
@@ -610,7 +607,7 @@ mod tests {
                         pod: "pod-1",
                         container: "main",
                     };
-                    let result = follow(source, probe, receiver, &events, &stop, |line| {
+                    let result = follow(source, probe, receiver, &metrics, &stop, |line| {
                         lines.push(line.to_string())
                     })
                     .await;
@@ -620,7 +617,7 @@ mod tests {
             Following {
                 server,
                 container,
-                events,
+                metrics,
                 result,
                 changes,
             }
@@ -671,7 +668,7 @@ mod tests {
             let (result, lines) = testing::finished(f.result).await;
             result.expect("the log was read to its end");
             assert_eq!(lines, ["zero", "one", "two", "two again, same stamp", "three"]);
-            assert_eq!(f.events.snapshot().get(Event::LogStreamResumed.label()), Some(&1));
+            assert_eq!(f.metrics.event_count(Event::LogStreamResumed), 1);
             f.server.assert_no_more_calls().await;
         }
 
@@ -731,7 +728,7 @@ mod tests {
             let (result, lines) = testing::finished(f.result).await;
             result.expect("the log was read to its end");
             assert_eq!(lines, ["caf\u{FFFD}", "\u{FFFD}half", "next"]);
-            assert_eq!(f.events.snapshot().get(Event::LogStreamResumed.label()), None);
+            assert_eq!(f.metrics.event_count(Event::LogStreamResumed), 0);
             f.server.assert_no_more_calls().await;
         }
 
@@ -797,8 +794,8 @@ mod tests {
             result.expect("the log was read to its end");
             assert_eq!(lines, ["one", "two"]);
             assert_eq!(
-                f.events.snapshot().get(Event::LogStreamResumed.label()),
-                Some(&1),
+                f.metrics.event_count(Event::LogStreamResumed),
+                1,
                 "cut while the container ran on"
             );
             f.server.assert_no_more_calls().await;
@@ -822,7 +819,7 @@ mod tests {
             let (result, lines) = testing::finished(f.result).await;
             result.expect("the log was read to its end");
             assert_eq!(lines, ["last"]);
-            assert_eq!(f.events.snapshot().get(Event::LogStreamResumed.label()), None);
+            assert_eq!(f.metrics.event_count(Event::LogStreamResumed), 0);
             f.server.assert_no_more_calls().await;
         }
 

@@ -7,6 +7,7 @@ pub mod labels;
 pub mod logs;
 pub mod objects;
 pub mod preflight;
+pub mod request_metrics;
 pub mod script;
 #[cfg(test)]
 pub(crate) mod testing;

@@ -20,7 +20,7 @@ use tokio::sync::watch;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{debug, warn};
 
-use crate::events::{Event, Events};
+use crate::{events::Event, metrics::Metrics};
 
 /// A live, read-only view of this executor's Pods and Jobs.
 #[derive(Clone)]
@@ -38,7 +38,7 @@ impl ClusterView {
         client: Client,
         namespace: &str,
         label_selector: &str,
-        events: Events,
+        metrics: Metrics,
         tracker: &TaskTracker,
         stop: CancellationToken,
     ) -> Self {
@@ -59,7 +59,7 @@ impl ClusterView {
             changes_tx.clone(),
             synced_tx.clone(),
             |s, v| s.0 = v,
-            events.clone(),
+            metrics.clone(),
             stop.clone(),
         ));
 
@@ -74,7 +74,7 @@ impl ClusterView {
             changes_tx,
             synced_tx,
             |s, v| s.1 = v,
-            events,
+            metrics,
             stop,
         ));
 
@@ -155,7 +155,7 @@ async fn drive<S, K>(
     changes: Arc<watch::Sender<u64>>,
     synced: Arc<watch::Sender<(bool, bool)>>,
     mark: fn(&mut (bool, bool), bool),
-    events: Events,
+    metrics: Metrics,
     stop: CancellationToken,
 ) where
     S: futures_util::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send,
@@ -178,7 +178,8 @@ async fn drive<S, K>(
                 // The watcher re-establishes itself (re-listing after 410 Gone), with back-off from
                 // `default_backoff`. Until it has delivered a fresh list, the store may be stale, so
                 // the view reports itself unsynced: no job is dequeued on stale counts.
-                events.record(Event::WatchError);
+                metrics.record(Event::WatchError);
+                metrics.record_watch_restart(kind);
                 warn!(kind, %error, "watch failed; re-establishing");
                 synced.send_modify(|s| mark(s, false));
                 changes.send_modify(|v| *v = v.wrapping_add(1));

@@ -15,7 +15,10 @@ use super::{
         HeartbeatRequestV1, HeartbeatResponse, Job, MarkRequest, Secret, UpdateExecutionLogEntryRequest,
     },
 };
-use crate::retry::{RetryPolicy, retry_transient, retry_when};
+use crate::{
+    metrics::{Metrics, QueueOp},
+    retry::{RetryPolicy, retry_transient, retry_when},
+};
 
 /// Limit for one request/response exchange on the queue routes.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -254,6 +257,8 @@ pub struct QueueClient {
     inner: Arc<Inner>,
     /// Retries of log entry, mark and file calls.
     reporting_retry: RetryPolicy,
+    /// Where every call is counted and timed (`src_apiworker_apiclient_*`), when set.
+    metrics: Option<Metrics>,
 }
 
 struct Inner {
@@ -317,7 +322,28 @@ impl QueueClient {
                 executor_name: opts.executor_name,
             }),
             reporting_retry: RetryPolicy::reporting(),
+            metrics: None,
         })
+    }
+
+    /// Counts and times every call in `metrics`.
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// Runs `call`, counting it under `op` with its time, retries included.
+    async fn observed<T>(
+        &self,
+        op: QueueOp,
+        call: impl Future<Output = Result<T, QueueError>>,
+    ) -> Result<T, QueueError> {
+        let started = std::time::Instant::now();
+        let result = call.await;
+        if let Some(metrics) = &self.metrics {
+            metrics.observe_queue_call(op, started.elapsed(), result.is_ok());
+        }
+        result
     }
 
     /// Replaces [`RetryPolicy::reporting`] as the retry policy of log entry, mark and file calls.
@@ -338,14 +364,17 @@ impl QueueClient {
         queue: &str,
         req: &HeartbeatRequestV1,
     ) -> Result<HeartbeatResponse, QueueError> {
-        let op = "heartbeat";
-        let url = self.route(
-            op,
-            &[".executors", "queue"],
-            &[("queue name", queue)],
-            &["heartbeat"],
-        )?;
-        self.post_for_json(op, url, req).await
+        self.observed(QueueOp::Heartbeat, async {
+            let op = "heartbeat";
+            let url = self.route(
+                op,
+                &[".executors", "queue"],
+                &[("queue name", queue)],
+                &["heartbeat"],
+            )?;
+            self.post_for_json(op, url, req).await
+        })
+        .await
     }
 
     /// Multi-queue heartbeat: `POST /.executors/queue/heartbeat`. Not retried.
@@ -353,9 +382,12 @@ impl QueueClient {
         &self,
         req: &HeartbeatRequestMulti,
     ) -> Result<HeartbeatResponse, QueueError> {
-        let op = "heartbeat";
-        let url = self.route(op, &[".executors", "queue", "heartbeat"], &[], &[])?;
-        self.post_for_json(op, url, req).await
+        self.observed(QueueOp::Heartbeat, async {
+            let op = "heartbeat";
+            let url = self.route(op, &[".executors", "queue", "heartbeat"], &[], &[])?;
+            self.post_for_json(op, url, req).await
+        })
+        .await
     }
 
     /// POSTs `body` on a queue route with the executor token and decodes a 200 answer.
@@ -382,65 +414,68 @@ impl QueueClient {
         queue: Option<&str>,
         req: &DequeueRequest,
     ) -> Result<Option<Job>, QueueError> {
-        let op = "dequeue";
-        let url = match queue {
-            Some(queue) => self.route(
-                op,
-                &[".executors", "queue"],
-                &[("queue name", queue)],
-                &["dequeue"],
-            )?,
-            None => self.route(op, &[".executors", "queue", "dequeue"], &[], &[])?,
-        };
-        let response = self
-            .send(op, Method::POST, url, Auth::Executor, Some(req), None)
-            .await?;
-        let response = self
-            .check_status(
-                op,
-                response,
-                &[StatusCode::OK, StatusCode::NO_CONTENT],
-                Auth::Executor,
-            )
-            .await?;
-        if response.status() == StatusCode::NO_CONTENT {
-            return Ok(None);
-        }
-        let bytes = response
-            .bytes()
-            .await
-            .map_err(|err| QueueError::from_reqwest(op, err))?;
-        match serde_json::from_slice::<Job>(&bytes) {
-            Ok(job) => Ok(Some(job)),
-            Err(source) => {
-                // The frontend now considers the job ours: if at least its identity can be read,
-                // hand it back so it can be marked failed with the reason instead of hanging
-                // until the frontend's resetter gives up on it.
-                #[derive(serde::Deserialize)]
-                struct Identity {
-                    id: i64,
-                    #[serde(default)]
-                    token: String,
-                    #[serde(default)]
-                    queue: String,
-                }
-                match serde_json::from_slice::<Identity>(&bytes) {
-                    Ok(identity) => Err(QueueError::UnreadableJob {
-                        job: JobHandle {
-                            id: identity.id,
-                            queue: if identity.queue.is_empty() {
-                                queue.unwrap_or_default().to_string()
-                            } else {
-                                identity.queue
+        self.observed(QueueOp::Dequeue, async {
+            let op = "dequeue";
+            let url = match queue {
+                Some(queue) => self.route(
+                    op,
+                    &[".executors", "queue"],
+                    &[("queue name", queue)],
+                    &["dequeue"],
+                )?,
+                None => self.route(op, &[".executors", "queue", "dequeue"], &[], &[])?,
+            };
+            let response = self
+                .send(op, Method::POST, url, Auth::Executor, Some(req), None)
+                .await?;
+            let response = self
+                .check_status(
+                    op,
+                    response,
+                    &[StatusCode::OK, StatusCode::NO_CONTENT],
+                    Auth::Executor,
+                )
+                .await?;
+            if response.status() == StatusCode::NO_CONTENT {
+                return Ok(None);
+            }
+            let bytes = response
+                .bytes()
+                .await
+                .map_err(|err| QueueError::from_reqwest(op, err))?;
+            match serde_json::from_slice::<Job>(&bytes) {
+                Ok(job) => Ok(Some(job)),
+                Err(source) => {
+                    // The frontend now considers the job ours: if at least its identity can be read,
+                    // hand it back so it can be marked failed with the reason instead of hanging
+                    // until the frontend's resetter gives up on it.
+                    #[derive(serde::Deserialize)]
+                    struct Identity {
+                        id: i64,
+                        #[serde(default)]
+                        token: String,
+                        #[serde(default)]
+                        queue: String,
+                    }
+                    match serde_json::from_slice::<Identity>(&bytes) {
+                        Ok(identity) => Err(QueueError::UnreadableJob {
+                            job: JobHandle {
+                                id: identity.id,
+                                queue: if identity.queue.is_empty() {
+                                    queue.unwrap_or_default().to_string()
+                                } else {
+                                    identity.queue
+                                },
+                                token: Secret::new(identity.token),
                             },
-                            token: Secret::new(identity.token),
-                        },
-                        reason: super::types::payload_error_reason(&source),
-                    }),
-                    Err(_) => Err(QueueError::decode(op, &source)),
+                            reason: super::types::payload_error_reason(&source),
+                        }),
+                        Err(_) => Err(QueueError::decode(op, &source)),
+                    }
                 }
             }
-        }
+        })
+        .await
     }
 
     /// Creates a log entry for the job and returns its ID.
@@ -452,27 +487,30 @@ impl QueueClient {
         job: &JobHandle,
         entry: &ExecutionLogEntry,
     ) -> Result<i64, QueueError> {
-        let op = "addExecutionLogEntry";
-        let url = self.job_route(op, job, "addExecutionLogEntry")?;
-        let body = AddExecutionLogEntryRequest {
-            executor_name: self.executor_name(),
-            job_id: job.id,
-            entry,
-        };
-        retry_when(
-            op,
-            self.reporting_retry,
-            QueueError::request_surely_unprocessed,
-            || async {
-                let response = self
-                    .send(op, Method::POST, url.clone(), Auth::Job(job), Some(&body), None)
-                    .await?;
-                let response = self
-                    .check_status(op, response, &[StatusCode::OK], Auth::Job(job))
-                    .await?;
-                decode_json(op, response).await
-            },
-        )
+        self.observed(QueueOp::AddExecutionLogEntry, async {
+            let op = "addExecutionLogEntry";
+            let url = self.job_route(op, job, "addExecutionLogEntry")?;
+            let body = AddExecutionLogEntryRequest {
+                executor_name: self.executor_name(),
+                job_id: job.id,
+                entry,
+            };
+            retry_when(
+                op,
+                self.reporting_retry,
+                QueueError::request_surely_unprocessed,
+                || async {
+                    let response = self
+                        .send(op, Method::POST, url.clone(), Auth::Job(job), Some(&body), None)
+                        .await?;
+                    let response = self
+                        .check_status(op, response, &[StatusCode::OK], Auth::Job(job))
+                        .await?;
+                    decode_json(op, response).await
+                },
+            )
+            .await
+        })
         .await
     }
 
@@ -484,43 +522,49 @@ impl QueueClient {
         entry_id: i64,
         entry: &ExecutionLogEntry,
     ) -> Result<(), QueueError> {
-        let op = "updateExecutionLogEntry";
-        let url = self.job_route(op, job, "updateExecutionLogEntry")?;
-        let body = UpdateExecutionLogEntryRequest {
-            executor_name: self.executor_name(),
-            job_id: job.id,
-            entry_id,
-            entry,
-        };
-        retry_transient(op, self.reporting_retry, || async {
-            let response = self
-                .send(op, Method::POST, url.clone(), Auth::Job(job), Some(&body), None)
-                .await?;
-            self.check_status(
-                op,
-                response,
-                &[StatusCode::OK, StatusCode::NO_CONTENT],
-                Auth::Job(job),
-            )
+        self.observed(QueueOp::UpdateExecutionLogEntry, async {
+            let op = "updateExecutionLogEntry";
+            let url = self.job_route(op, job, "updateExecutionLogEntry")?;
+            let body = UpdateExecutionLogEntryRequest {
+                executor_name: self.executor_name(),
+                job_id: job.id,
+                entry_id,
+                entry,
+            };
+            retry_transient(op, self.reporting_retry, || async {
+                let response = self
+                    .send(op, Method::POST, url.clone(), Auth::Job(job), Some(&body), None)
+                    .await?;
+                self.check_status(
+                    op,
+                    response,
+                    &[StatusCode::OK, StatusCode::NO_CONTENT],
+                    Auth::Job(job),
+                )
+                .await
+                .map(drop)
+            })
             .await
-            .map(drop)
         })
         .await
     }
 
     /// Reports success (`markComplete`), retrying transient failures.
     pub async fn mark_complete(&self, job: &JobHandle) -> Result<MarkOutcome, QueueError> {
-        self.mark("markComplete", job, None).await
+        self.observed(QueueOp::MarkComplete, self.mark("markComplete", job, None))
+            .await
     }
 
     /// Reports a failure the frontend may retry (`markErrored`), retrying transient failures.
     pub async fn mark_errored(&self, job: &JobHandle, message: &str) -> Result<MarkOutcome, QueueError> {
-        self.mark("markErrored", job, Some(message)).await
+        self.observed(QueueOp::MarkErrored, self.mark("markErrored", job, Some(message)))
+            .await
     }
 
     /// Reports a final failure (`markFailed`), retrying transient failures.
     pub async fn mark_failed(&self, job: &JobHandle, message: &str) -> Result<MarkOutcome, QueueError> {
-        self.mark("markFailed", job, Some(message)).await
+        self.observed(QueueOp::MarkFailed, self.mark("markFailed", job, Some(message)))
+            .await
     }
 
     /// Downloads a workspace file: `GET /.executors/files/<bucket>/<key>`, retrying transient
@@ -539,7 +583,8 @@ impl QueueClient {
         let mut dynamic = vec![("bucket", bucket)];
         dynamic.extend(key.split('/').map(|segment| ("file key segment", segment)));
         let url = self.route(op, &[".executors", "files"], &dynamic, &[])?;
-        retry_transient(op, self.reporting_retry, || async {
+        let started = std::time::Instant::now();
+        let result = retry_transient(op, self.reporting_retry, || async {
             let response = self
                 .send::<()>(
                     op,
@@ -555,7 +600,11 @@ impl QueueClient {
                 .await?;
             read_at_most(op, response, limit).await
         })
-        .await
+        .await;
+        if let Some(metrics) = &self.metrics {
+            metrics.observe_file_get(started.elapsed(), result.is_ok());
+        }
+        result
     }
 
     async fn mark(

@@ -291,6 +291,28 @@ impl DevFrontend {
             .write(|store| store.add_file(bucket, key, content.to_vec()));
     }
 
+    /// Waits until `pred` holds for the executors seen so far (as [`Self::executors`] lists them),
+    /// re-checking on every state change; `None` when `timeout` passes first.
+    pub async fn wait_for_executors(
+        &self,
+        timeout: Duration,
+        pred: impl Fn(&[ExecutorRecord]) -> bool,
+    ) -> Option<Vec<ExecutorRecord>> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut changes = self.shared.subscribe();
+        loop {
+            changes.borrow_and_update();
+            let executors = self.executors();
+            if pred(&executors) {
+                return Some(executors);
+            }
+            match tokio::time::timeout_at(deadline, changes.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) | Err(_) => return None,
+            }
+        }
+    }
+
     /// Waits until `pred` holds for the job, re-checking on every state change of the frontend.
     ///
     /// # Errors
