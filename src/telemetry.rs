@@ -67,6 +67,7 @@ impl SystemInfo {
             "kube_executor_build_info{{version=\"{BUILD_VERSION}\",reported_version=\"{}\"}} 1\n",
             deps.config.reported_version.replace('"', "")
         ));
+        deps.nfr.append_metrics(&mut text, jiff::Timestamp::now());
         text
     }
 }
