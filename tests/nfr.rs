@@ -20,9 +20,9 @@ use test_cluster::{ClusterOptions, NodeSpec};
 const JOB_TIMEOUT: Duration = Duration::from_secs(120);
 const NFR_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// The open-files minimum the test asks for. The default (65536) cannot be exceeded here: the
-/// node agent sets the limit as an unprivileged-to-raise hard limit, and this machine's own hard
-/// limit may be lower (raising it needs CAP_SYS_RESOURCE), so the nodes straddle a lower minimum.
+/// The open-files minimum the test asks for. The default (65536) cannot be passed here: the node
+/// agent sets a node's soft and hard limit to its value, and going above the machine's own hard
+/// limit (20000 on these machines) needs CAP_SYS_RESOURCE, so the nodes straddle a lower minimum.
 const RECOMMENDED_NOFILE: u64 = 8192;
 /// Far below any working machine's process limit, so only the open-files limit decides.
 const RECOMMENDED_NPROC: u64 = 64;
