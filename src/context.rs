@@ -1,5 +1,5 @@
-//! What every part of a running executor shares: configuration, clients, the cluster view, events
-//! and the registry of running jobs.
+//! What every part of a running executor shares: configuration, clients, the cluster view, events,
+//! the NFR figures and the registry of running jobs.
 
 use std::sync::Arc;
 
@@ -11,6 +11,7 @@ use crate::{
     job::registry::Registry,
     k8s::{objects::Objects, watch::ClusterView},
     metrics::Metrics,
+    nfr::Nfr,
     queue::client::QueueClient,
 };
 
@@ -23,6 +24,7 @@ pub struct Deps {
     pub pods: Api<Pod>,
     pub view: ClusterView,
     pub metrics: Metrics,
+    pub nfr: Nfr,
     pub registry: Registry,
     pub executor_name: String,
 }

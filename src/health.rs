@@ -1,4 +1,4 @@
-//! The health server: `/healthz`, `/readyz`, `/metrics` and a status page, on EXECUTOR_HEALTH_SERVER_ADDR.
+//! The health server: `/healthz`, `/readyz`, `/metrics`, `/nfr` and a status page, on EXECUTOR_HEALTH_SERVER_ADDR.
 
 use std::{future::Future, io, net::SocketAddr, pin::pin, sync::Arc, time::Duration};
 
@@ -85,6 +85,7 @@ pub async fn bind(
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/nfr", get(nfr))
         .route("/", get(status_page))
         .with_state(AppState {
             deps,
@@ -229,6 +230,44 @@ async fn metrics(State(s): State<AppState>) -> Response {
         .into_response()
 }
 
+/// Both operational NFRs as JSON (see `crate::nfr::Snapshot`).
+async fn nfr(State(s): State<AppState>) -> Response {
+    axum::Json(s.deps.nfr.snapshot(jiff::Timestamp::now())).into_response()
+}
+
+/// The status page's NFR section: figures next to their thresholds.
+fn nfr_section(snapshot: &crate::nfr::Snapshot) -> String {
+    let r = &snapshot.pod_restarts;
+    let u = &snapshot.ulimits;
+    let executor = r.executor.map_or_else(
+        || "unknown (no POD_NAME, or its pod cannot be read)".to_string(),
+        |n| n.to_string(),
+    );
+    let percent = u
+        .percent_compliant
+        .map_or_else(|| "not measured yet".to_string(), |p| format!("{p}%"));
+    format!(
+        "<h2>NFRs</h2><table border=\"1\">\
+         <tr><th>Pod restarts</th><td>{total} total: {jobs} in job pods, {executor} in this executor's pod; \
+         {recent} in the last {window} s</td></tr>\
+         <tr><th>Ulimits</th><td>{compliant} of {measured} measured job pods compliant ({percent}); \
+         recommended at least {nofile} open files and {nproc} processes; \
+         short of it: open files {nofile_failures}, processes {nproc_failures}</td></tr></table>\
+         <p>As of {updated} (JSON on <a href=\"/nfr\">/nfr</a>).</p>",
+        total = r.total,
+        jobs = r.jobs,
+        recent = r.recent,
+        window = r.recent_window_seconds,
+        compliant = u.compliant,
+        measured = u.measured,
+        nofile = u.recommended.nofile,
+        nproc = u.recommended.nproc,
+        nofile_failures = u.failures.nofile,
+        nproc_failures = u.failures.nproc,
+        updated = snapshot.updated_at,
+    )
+}
+
 fn escape(text: &str) -> String {
     text.replace('&', "&amp;")
         .replace('<', "&lt;")
@@ -263,7 +302,8 @@ async fn status_page(State(s): State<AppState>) -> Html<String> {
          <p>Namespace {ns}; slots used {used} of {max}.</p>\
          <h2>Running jobs</h2><table border=\"1\"><tr><th>ID</th><th>Queue</th><th>Kubernetes Job</th></tr>{rows}</table>\
          <h2>Events</h2><table border=\"1\"><tr><th>Event</th><th>Count</th></tr>{events}</table>\
-         </body></html>",
+         {nfr}</body></html>",
+        nfr = nfr_section(&s.deps.nfr.snapshot(jiff::Timestamp::now())),
         name = escape(&s.deps.executor_name),
         instance = escape(&cfg.instance_id),
         build = crate::telemetry::BUILD_VERSION,

@@ -10,6 +10,7 @@
 //!            ─ job::supervise (shared pod watch, k8s::failure verdicts)
 //!                 └─ job::follow, one per container: k8s::logs → log_entry (entries in pod order)
 //!            ─ job::report: teardown (delete Job) ─ markComplete / markErrored / markFailed
+//!   nfr ─ restarts and ulimits of job pods (shared pod watch) and the executor's own pod → /nfr
 //! ```
 //!
 //! `context::Deps` is what the loops, the job tasks and the health server share; `queue` speaks
@@ -23,6 +24,7 @@ mod job;
 mod k8s;
 mod log_entry;
 mod metrics;
+mod nfr;
 pub mod queue;
 mod redact;
 mod retry;
@@ -46,6 +48,7 @@ use crate::{
     job::registry::Registry,
     k8s::{labels, objects::Objects, watch::ClusterView},
     metrics::Metrics,
+    nfr::Nfr,
     queue::client::{ClientOptions, QueueClient},
     runner::FrontendStatus,
     slots::Slots,
@@ -185,6 +188,7 @@ impl Executor {
             background.stop.clone(),
         ));
         let system = SystemInfo::gather(slots.clone()).await;
+        let nfr = start_nfr(&config, &client, &view, background);
         let deps = Deps {
             objects: Objects::new(client.clone(), &namespace, &config.instance_id),
             pods: kube::Api::namespaced(client.clone(), &namespace),
@@ -192,6 +196,7 @@ impl Executor {
             queue,
             view,
             metrics,
+            nfr,
             registry: Registry::default(),
             executor_name,
         };
@@ -238,7 +243,10 @@ impl Executor {
     /// Asks the API server for every permission the configuration needs, before any job runs.
     async fn check_permissions(&self) -> Result<(), RunError> {
         let namespace = &self.deps.config.kubernetes.namespace;
-        let needed = k8s::preflight::required(&self.deps.config.kubernetes);
+        let mut needed = k8s::preflight::required(&self.deps.config.kubernetes);
+        if self.deps.config.pod_name.is_some() && self.deps.config.own_pod_namespace() == namespace {
+            needed.push(k8s::preflight::GET_OWN_POD);
+        }
         match k8s::preflight::check(self.client.clone(), namespace, &needed).await {
             k8s::preflight::Preflight::Allowed => Ok(()),
             k8s::preflight::Preflight::Missing(missing) => Err(RunError::MissingPermissions(
@@ -274,6 +282,34 @@ impl Executor {
         }
         Ok(())
     }
+}
+
+/// Starts measuring the NFRs: job pods from the shared watch, and the executor's own pod when the
+/// Downward API names it (POD_NAME, in POD_NAMESPACE or else the jobs namespace).
+fn start_nfr(config: &Config, client: &kube::Client, view: &ClusterView, background: &Background) -> Nfr {
+    let nfr = Nfr::new(
+        nfr::LimitFigures {
+            nofile: config.recommended_ulimit_nofile,
+            nproc: config.recommended_ulimit_nproc,
+        },
+        jiff::Timestamp::now(),
+    );
+    background.tasks.spawn(nfr::observe_job_pods(
+        view.clone(),
+        nfr.clone(),
+        background.stop.clone(),
+    ));
+    if let Some(pod_name) = &config.pod_name {
+        let namespace = config.own_pod_namespace();
+        background.tasks.spawn(nfr::observe_executor_pod(
+            kube::Api::namespaced(client.clone(), namespace),
+            pod_name.clone(),
+            nfr.clone(),
+            runner::HEARTBEAT_INTERVAL,
+            background.stop.clone(),
+        ));
+    }
+    nfr
 }
 
 /// Keeps the slot accounting in line with this executor's unfinished Jobs in the cluster.

@@ -8,11 +8,11 @@
 use std::{sync::Arc, time::Duration};
 
 use prometheus::{
-    Encoder as _, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder as _, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
 };
 
-use crate::events::Event;
+use crate::{events::Event, nfr};
 
 /// Buckets of Sourcegraph's `src_executor_processor_duration_seconds`.
 const PROCESSOR_DURATION_BUCKETS: [f64; 11] = [
@@ -142,6 +142,102 @@ struct Families {
     watch_restarts: IntCounterVec,
     events: IntCounterVec,
     build_info: IntGaugeVec,
+    nfr: NfrFamilies,
+}
+
+/// The two operational NFRs, set from their snapshot at each rendering.
+struct NfrFamilies {
+    restarts: IntCounterVec,
+    restarts_recent: IntGauge,
+    ulimit_measured: IntGauge,
+    ulimit_compliant: IntGauge,
+    /// No sample before the first measurement (the figure is undefined then, not 0).
+    ulimit_percent: GaugeVec,
+    ulimit_failures: IntCounterVec,
+    ulimit_recommended: IntGaugeVec,
+}
+
+impl NfrFamilies {
+    fn new(registry: &Registry) -> prometheus::Result<Self> {
+        Ok(Self {
+            restarts: counter(
+                registry,
+                "kube_executor_pod_restarts_total",
+                "Container restarts observed in job pods and in the executor's own pod.",
+                &["source"],
+            )?,
+            restarts_recent: plain_gauge(
+                registry,
+                "kube_executor_pod_restarts_recent",
+                "Container restarts observed within the last hour.",
+            )?,
+            ulimit_measured: plain_gauge(
+                registry,
+                "kube_executor_ulimit_pods_measured",
+                "Job pods whose soft limits were measured.",
+            )?,
+            ulimit_compliant: plain_gauge(
+                registry,
+                "kube_executor_ulimit_pods_compliant",
+                "Measured job pods whose soft limits all reach the recommended minimums.",
+            )?,
+            ulimit_percent: {
+                let metric = GaugeVec::new(
+                    Opts::new(
+                        "kube_executor_ulimit_percent_compliant",
+                        "Percentage of measured job pods whose soft limits comply.",
+                    ),
+                    &[],
+                )?;
+                registry.register(Box::new(metric.clone()))?;
+                metric
+            },
+            ulimit_failures: counter(
+                registry,
+                "kube_executor_ulimit_failures_total",
+                "Measured job pods whose soft limit fell short of the recommended minimum.",
+                &["limit"],
+            )?,
+            ulimit_recommended: gauge(
+                registry,
+                "kube_executor_ulimit_recommended",
+                "Recommended minimum soft limits (EXECUTOR_RECOMMENDED_ULIMIT_*).",
+                &["limit"],
+            )?,
+        })
+    }
+
+    fn set(&self, snapshot: &nfr::Snapshot) {
+        let (restarts, ulimits) = (&snapshot.pod_restarts, &snapshot.ulimits);
+        raise_to(&self.restarts.with_label_values(&["jobs"]), restarts.jobs);
+        if let Some(executor) = restarts.executor {
+            raise_to(&self.restarts.with_label_values(&["executor"]), executor);
+        }
+        self.restarts_recent.set(restarts.recent as i64);
+        self.ulimit_measured.set(ulimits.measured as i64);
+        self.ulimit_compliant.set(ulimits.compliant as i64);
+        match ulimits.percent_compliant {
+            Some(percent) => self.ulimit_percent.with_label_values::<&str>(&[]).set(percent),
+            None => self.ulimit_percent.reset(),
+        }
+        for (limit, failures, recommended) in [
+            ("nofile", ulimits.failures.nofile, ulimits.recommended.nofile),
+            ("nproc", ulimits.failures.nproc, ulimits.recommended.nproc),
+        ] {
+            raise_to(&self.ulimit_failures.with_label_values(&[limit]), failures);
+            self.ulimit_recommended
+                .with_label_values(&[limit])
+                .set(recommended as i64);
+        }
+    }
+}
+
+/// Brings a counter up to a total counted elsewhere (totals only grow).
+fn raise_to(counter: &IntCounter, total: u64) {
+    let current = counter.get();
+    if total > current {
+        counter.inc_by(total - current);
+    }
 }
 
 impl Metrics {
@@ -255,9 +351,10 @@ impl Metrics {
         self.inner.watch_restarts.with_label_values(&[resource]).inc();
     }
 
-    /// The exposition, with the slot gauges set to `used` of `total` at this moment.
-    pub fn render(&self, total_slots: usize, used_slots: usize) -> String {
+    /// The exposition, with the slot gauges set to `used` of `total` and the NFRs to `nfr`.
+    pub fn render(&self, total_slots: usize, used_slots: usize, nfr: &nfr::Snapshot) -> String {
         let f = &self.inner;
+        f.nfr.set(nfr);
         let queue = f.queue_label.as_str();
         f.slots
             .with_label_values(&[queue, "total"])
@@ -369,6 +466,7 @@ impl Families {
                 "The executor's build version and the version it reports.",
                 &["version", "reported_version"],
             )?,
+            nfr: NfrFamilies::new(&registry)?,
             queue_label: queue_label.to_string(),
             registry,
         };
@@ -393,6 +491,12 @@ fn counter(
 
 fn plain_counter(registry: &Registry, name: &str, help: &str) -> prometheus::Result<IntCounter> {
     let metric = IntCounter::new(name, help)?;
+    registry.register(Box::new(metric.clone()))?;
+    Ok(metric)
+}
+
+fn plain_gauge(registry: &Registry, name: &str, help: &str) -> prometheus::Result<IntGauge> {
+    let metric = IntGauge::new(name, help)?;
     registry.register(Box::new(metric.clone()))?;
     Ok(metric)
 }
@@ -428,7 +532,15 @@ mod tests {
         metrics.observe_command(CommandOp::JobCreate, Duration::from_millis(200), false);
         metrics.record(Event::JobDequeued);
         metrics.record_outcome("errored", "step_failed");
-        let text = metrics.render(4, 1);
+        let now = jiff::Timestamp::now();
+        let nfr = nfr::Nfr::new(
+            nfr::LimitFigures {
+                nofile: 65536,
+                nproc: 4096,
+            },
+            now,
+        );
+        let text = metrics.render(4, 1, &nfr.snapshot(now));
         for expected in [
             "# TYPE src_executor_processor_total counter\n",
             "src_executor_processor_total{op=\"Handle\",queue=\"batches\"} 1\n",

@@ -56,7 +56,8 @@ impl SystemInfo {
 
     /// The Prometheus text sent in heartbeats and served on /metrics.
     pub fn metrics_text(&self, deps: &Deps) -> String {
-        deps.metrics.render(self.slots.max(), self.slots.used())
+        let nfr = deps.nfr.snapshot(jiff::Timestamp::now());
+        deps.metrics.render(self.slots.max(), self.slots.used(), &nfr)
     }
 }
 

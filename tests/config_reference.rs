@@ -6,13 +6,16 @@ use std::collections::BTreeSet;
 
 use kube_executor::config::VARIABLES;
 
-/// Older names read only as fallbacks, and HOSTNAME (set by the container runtime): documented in
-/// the README but deliberately not in the example env file or the rendered ConfigMaps.
-const NOT_IN_ENV_FILE: [&str; 4] = [
+/// Older names read only as fallbacks, HOSTNAME (set by the container runtime) and POD_NAME /
+/// POD_NAMESPACE (set per pod through the Downward API): documented in the README but deliberately
+/// not in the example env file or the rendered ConfigMaps.
+const NOT_IN_ENV_FILE: [&str; 6] = [
     "EXECUTOR_FIRECRACKER_NUM_CPUS",
     "EXECUTOR_FIRECRACKER_MEMORY",
     "KUBERNETES_SINGLE_JOB_STEP_IMAGE",
     "HOSTNAME",
+    "POD_NAME",
+    "POD_NAMESPACE",
 ];
 
 const START: &str = "<!-- variables:start -->";

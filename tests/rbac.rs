@@ -123,6 +123,10 @@ async fn run_once(env: &Env, kubeconfig: &std::path::Path, needle: Option<&str>)
         ("KUBERNETES_JOB_VOLUME_SIZE", "1Gi".to_string()),
         ("KUBERNETES_JOB_SERVICE_ACCOUNT", "executor-job".to_string()),
         ("EXECUTOR_NUM_TOTAL_JOBS", "1".to_string()),
+        // As the chart's Downward API sets them: the executor reads its own pod (get pods), which
+        // here does not exist, so only the permission is exercised.
+        ("POD_NAME", "kube-executor-rbac-test".to_string()),
+        ("POD_NAMESPACE", "default".to_string()),
     ];
     let extra: Vec<(&str, &str)> = extra.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let mut executor = env.spawn_executor(&extra);

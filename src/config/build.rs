@@ -75,6 +75,14 @@ pub(super) fn config(env: &Env, p: &mut Parser<'_>) -> Config {
         log_entry_max_bytes: p
             .int_as(env.var("EXECUTOR_LOG_ENTRY_MAX_BYTES"), 4096, U32_MAX)
             .unwrap_or(4096),
+        recommended_ulimit_nofile: p
+            .int_as(env.var("EXECUTOR_RECOMMENDED_ULIMIT_NOFILE"), 1, i64::MAX)
+            .unwrap_or(crate::nfr::DEFAULT_RECOMMENDED_NOFILE),
+        recommended_ulimit_nproc: p
+            .int_as(env.var("EXECUTOR_RECOMMENDED_ULIMIT_NPROC"), 1, i64::MAX)
+            .unwrap_or(crate::nfr::DEFAULT_RECOMMENDED_NPROC),
+        pod_name: p.dns_subdomain(env.var("POD_NAME")),
+        pod_namespace: p.dns_label(env.var("POD_NAMESPACE")),
         kubernetes: kubernetes(env, p),
     }
 }
@@ -698,6 +706,14 @@ mod tests {
         );
         assert_eq!(config.shutdown_grace_period, Duration::from_secs(5 * 60));
         assert_eq!(config.log_entry_max_bytes, 1_048_576);
+        assert_eq!(
+            (config.recommended_ulimit_nofile, config.recommended_ulimit_nproc),
+            (65536, 4096)
+        );
+        assert_eq!(
+            (config.pod_name.as_deref(), config.own_pod_namespace()),
+            (None, "default")
+        );
 
         let k = &config.kubernetes;
         assert_eq!(k.config_path, None);
@@ -843,6 +859,10 @@ mod tests {
             ("KUBERNETES_JOB_PENDING_TIMEOUT", "2m"),
             ("KUBERNETES_JOB_IMAGE_PULL_TIMEOUT", "90s"),
             ("KUBERNETES_JOB_POD_CREATION_TIMEOUT", "45s"),
+            ("EXECUTOR_RECOMMENDED_ULIMIT_NOFILE", "1048576"),
+            ("EXECUTOR_RECOMMENDED_ULIMIT_NPROC", "512"),
+            ("POD_NAME", "executor-7d9f8-abcde"),
+            ("POD_NAMESPACE", "sourcegraph-executors"),
         ]
     }
 
@@ -895,6 +915,12 @@ mod tests {
         );
         assert_eq!(config.shutdown_grace_period, Duration::ZERO);
         assert_eq!(config.log_entry_max_bytes, 4096);
+        assert_eq!(
+            (config.recommended_ulimit_nofile, config.recommended_ulimit_nproc),
+            (1_048_576, 512)
+        );
+        assert_eq!(config.pod_name.as_deref(), Some("executor-7d9f8-abcde"));
+        assert_eq!(config.own_pod_namespace(), "sourcegraph-executors");
 
         let k = &config.kubernetes;
         assert_eq!(k.config_path.as_deref(), Some("/etc/kube/config"));
@@ -1503,6 +1529,14 @@ mod tests {
                 "is too small (expected at least 4096)",
             ),
             ("EXECUTOR_LOG_ENTRY_MAX_BYTES", "1MiB", "is not an integer"),
+            (
+                "EXECUTOR_RECOMMENDED_ULIMIT_NOFILE",
+                "0",
+                "is too small (expected at least 1)",
+            ),
+            ("EXECUTOR_RECOMMENDED_ULIMIT_NPROC", "4k", "is not an integer"),
+            ("POD_NAME", "Executor_Pod", "is not a valid"),
+            ("POD_NAMESPACE", "Sourcegraph", "is not a valid"),
             (
                 "KUBERNETES_JOB_SERVICE_ACCOUNT",
                 "Runner",

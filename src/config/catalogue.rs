@@ -320,7 +320,7 @@ pub const VARIABLES: &[Variable] = &[
     var(
         "EXECUTOR_HEALTH_SERVER_ADDR",
         ":6060",
-        "Listen address of the /healthz and /readyz endpoints.",
+        "Listen address of the health server: /healthz, /readyz, /metrics, /nfr and the status page.",
     ),
     var(
         "EXECUTOR_SHUTDOWN_GRACE_PERIOD",
@@ -366,6 +366,26 @@ pub const VARIABLES: &[Variable] = &[
         "KUBERNETES_JOB_POD_CREATION_TIMEOUT",
         "30s",
         "A job whose Job gets no pod this long (quota, missing ServiceAccount) fails.",
+    ),
+    var(
+        "EXECUTOR_RECOMMENDED_ULIMIT_NOFILE",
+        "65536",
+        "Minimum soft open-files limit (ulimit -n, at least 1) a job pod must have to count as compliant on /nfr.",
+    ),
+    var(
+        "EXECUTOR_RECOMMENDED_ULIMIT_NPROC",
+        "4096",
+        "Minimum soft process limit (ulimit -u, at least 1) a job pod must have to count as compliant on /nfr.",
+    ),
+    var(
+        "POD_NAME",
+        "",
+        "Name of the executor's own pod (Downward API metadata.name); when set, its container restarts count on /nfr.",
+    ),
+    var(
+        "POD_NAMESPACE",
+        "",
+        "Namespace of the executor's own pod (Downward API metadata.namespace); unset = EXECUTOR_KUBERNETES_NAMESPACE.",
     ),
 ];
 
@@ -469,10 +489,7 @@ mod tests {
         }
         let contract_order: Vec<&str> = VARIABLES.iter().map(|variable| variable.name).collect();
         assert_eq!(contract_order.first(), Some(&"EXECUTOR_FRONTEND_URL"));
-        assert_eq!(
-            contract_order.last(),
-            Some(&"KUBERNETES_JOB_POD_CREATION_TIMEOUT")
-        );
+        assert_eq!(contract_order.last(), Some(&"POD_NAMESPACE"));
     }
 
     /// Every variable-like name the configuration module mentions outside its tests is in the

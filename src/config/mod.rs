@@ -109,6 +109,14 @@ pub struct Config {
     pub shutdown_grace_period: Duration,
     /// `EXECUTOR_LOG_ENTRY_MAX_BYTES` (default 1 MiB).
     pub log_entry_max_bytes: usize,
+    /// `EXECUTOR_RECOMMENDED_ULIMIT_NOFILE` (default 65536): the ulimits NFR's open-files minimum.
+    pub recommended_ulimit_nofile: u64,
+    /// `EXECUTOR_RECOMMENDED_ULIMIT_NPROC` (default 4096): the ulimits NFR's process minimum.
+    pub recommended_ulimit_nproc: u64,
+    /// `POD_NAME` (Downward API): the executor's own pod, whose restarts the NFRs count.
+    pub pod_name: Option<String>,
+    /// `POD_NAMESPACE` (Downward API); `None` = the jobs namespace.
+    pub pod_namespace: Option<String>,
     pub kubernetes: KubernetesConfig,
 }
 
@@ -198,6 +206,13 @@ pub struct ConfigError {
 }
 
 impl Config {
+    /// Namespace of the executor's own pod: POD_NAMESPACE, else the jobs namespace.
+    pub fn own_pod_namespace(&self) -> &str {
+        self.pod_namespace
+            .as_deref()
+            .unwrap_or(&self.kubernetes.namespace)
+    }
+
     /// Reads the configuration from the process environment.
     ///
     /// # Errors

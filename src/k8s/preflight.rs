@@ -44,6 +44,16 @@ const fn perm(
     }
 }
 
+/// Reading the executor's own pod (POD_NAME) for its restart count; checked only when that pod is
+/// in the jobs namespace, the one the Role covers.
+pub const GET_OWN_POD: Permission = perm(
+    "get",
+    "",
+    "pods",
+    None,
+    "the executor's own restart count (POD_NAME)",
+);
+
 /// Every permission the executor uses with this configuration (rbac/role.yaml grants these).
 pub fn required(config: &KubernetesConfig) -> Vec<Permission> {
     let mut needed = vec![

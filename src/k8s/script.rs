@@ -191,11 +191,35 @@ const REFUSE_LINKS_FUNCTION: &str = r#"refuse_links() {
     if [ -L "$path" ]; then
       reason="the repository has a symbolic link at $path: workspace files are never written through links"
       echo "$reason"
-      { printf '%s\n' "$reason" > /dev/termination-log; } 2>/dev/null || :
+      { printf '%s\n' "$reason" > "$termination_log"; } 2>/dev/null || :
       exit 1
     fi
   done
 }"#;
+
+/// First word of the line the setup program writes to its termination log after success: the
+/// effective soft limits of the job pod, which the executor reads from the pod status for its
+/// ulimits NFR (`crate::nfr`).
+pub const ULIMITS_MARK: &str = "kube-executor-ulimits";
+
+/// Where Kubernetes reads a container's termination message (the default `terminationMessagePath`).
+pub const TERMINATION_LOG: &str = "/dev/termination-log";
+
+/// Last lines of the setup program: measure the soft limits of open files and processes and write
+/// them as one [`ULIMITS_MARK`] line to the termination log, never to the log entry.
+///
+/// Runs only after everything else succeeded (`set -e`), so a failure's reason (a refused link)
+/// stays the container's only termination message. Not every `sh` knows `ulimit -u` (dash
+/// rejects it, and reads `-p` as processes where bash reads pipe size), so without it the
+/// process limit comes from `/proc/self/limits`; a limit that cannot be read is `unknown`. A
+/// termination log that cannot be written leaves the job alone.
+fn measure_ulimits() -> String {
+    format!(
+        r#"nofile=$(ulimit -n 2>/dev/null) || nofile=
+nproc=$(ulimit -u 2>/dev/null) || nproc=$(sed -n 's/^Max processes  *\([^ ]*\).*/\1/p' /proc/self/limits 2>/dev/null) || nproc=
+{{ printf '{ULIMITS_MARK} nofile=%s nproc=%s\n' "${{nofile:-unknown}}" "${{nproc:-unknown}}" > "$termination_log"; }} 2>/dev/null || :"#
+    )
+}
 
 /// A `refuse_links` call on every path from the first component of workspace-relative
 /// `relative` down to the whole of it, under `job_dir`.
@@ -262,15 +286,16 @@ impl SetupScript<'_> {
     /// The job token comes from the `TOKEN` environment variable and is never part of the text, so
     /// the pod spec can be read without revealing it.
     pub fn render(&self) -> String {
-        self.render_in(JOB_DIR, SECRETS_DIR)
+        self.render_in(JOB_DIR, SECRETS_DIR, TERMINATION_LOG)
     }
 
-    fn render_in(&self, job_dir: &str, secrets_dir: &str) -> String {
+    fn render_in(&self, job_dir: &str, secrets_dir: &str, termination_log: &str) -> String {
         let mut lines: Vec<String> = vec![
             "set -e".into(),
             // A clone must never wait for a password prompt; LFS objects are not served by the
             // executor git endpoint.
             "export GIT_TERMINAL_PROMPT=0 GIT_LFS_SKIP_SMUDGE=1".into(),
+            format!("termination_log={}", shell_quote(termination_log)),
         ];
         if !self.repository_name.is_empty() {
             self.push_clone(&mut lines, job_dir);
@@ -306,6 +331,7 @@ impl SetupScript<'_> {
                 ));
             }
         }
+        lines.push(measure_ulimits());
         let mut program = lines.join("\n");
         program.push('\n');
         program
@@ -458,6 +484,45 @@ pub(crate) mod tests {
         }
     }
 
+    /// The setup program's termination log holds exactly one measurement line with both limits
+    /// read (this machine's `sh` is dash or bash: one lacks `ulimit -u`, the other has it), and
+    /// its output does not mention the measurement.
+    fn assert_ulimits_reported(termination_log: &Path, out: &Output) {
+        let message = std::fs::read_to_string(termination_log).expect("termination log written");
+        let line = message.trim_end();
+        assert_eq!(message.lines().count(), 1, "{message:?}");
+        let measured = crate::nfr::parse_ulimits(line).expect("a measurement line");
+        assert!(measured.nofile.is_some() && measured.nproc.is_some(), "{line}");
+        let output = format!("{}{}", text(&out.stdout), text(&out.stderr));
+        assert!(!output.contains(ULIMITS_MARK), "{output}");
+    }
+
+    #[test]
+    fn the_process_limit_is_read_without_ulimit_u() {
+        // dash has no `ulimit -u`; bash has, and must agree with /proc/self/limits.
+        let temp = TempDir::new("ulimits");
+        let termination_log = temp.path().join("termination-log");
+        let program = format!(
+            "termination_log={}\n{}",
+            shell_quote(termination_log.to_str().expect("UTF-8")),
+            measure_ulimits()
+        );
+        for shell in ["/bin/sh", "/bin/bash", "/bin/dash"] {
+            if !Path::new(shell).exists() {
+                continue;
+            }
+            let out = Command::new(shell)
+                .args(["-c", &program])
+                .output()
+                .expect("shell runs");
+            assert!(out.status.success(), "{shell}: {}", text(&out.stderr));
+            let line = std::fs::read_to_string(&termination_log).expect("termination log");
+            let measured = crate::nfr::parse_ulimits(&line).expect("a measurement line");
+            assert!(measured.nofile.is_some(), "{shell}: {line}");
+            assert!(measured.nproc.is_some(), "{shell}: {line}");
+        }
+    }
+
     #[test]
     fn shell_quote_escapes_single_quotes() {
         assert_eq!(shell_quote("it's"), r#"'it'"'"'s'"#);
@@ -584,9 +649,11 @@ pub(crate) mod tests {
         ];
         let mut spec = setup(&files, &[]);
         spec.repository_name = "";
+        let termination_log = temp.path().join("termination-log");
         let script = spec.render_in(
             job_dir.to_str().expect("UTF-8"),
             secrets_dir.to_str().expect("UTF-8"),
+            termination_log.to_str().expect("UTF-8"),
         );
         assert!(!script.contains("git "), "no repository, no git: {script}");
         let out = sh(&["-c", &script], &job_dir, &[]);
@@ -595,6 +662,7 @@ pub(crate) mod tests {
             "setup failed: {}\n{script}",
             text(&out.stderr)
         );
+        assert_ulimits_reported(&termination_log, &out);
 
         let copied = job_dir.join("nested/dir/in put.json");
         assert_eq!(
@@ -649,9 +717,11 @@ pub(crate) mod tests {
             }];
             let mut spec = setup(&files, &[]);
             spec.repository_name = "";
+            let termination_log = temp.path().join("termination-log");
             let script = spec.render_in(
                 job_dir.to_str().expect("UTF-8"),
                 secrets_dir.to_str().expect("UTF-8"),
+                termination_log.to_str().expect("UTF-8"),
             );
             let out = sh(&["-c", &script], &job_dir, &[]);
             assert_eq!(out.status.code(), Some(1), "{path}: {}", text(&out.stderr));
@@ -660,6 +730,12 @@ pub(crate) mod tests {
                 job_dir.join(link).display()
             );
             assert_eq!(text(&out.stdout).trim(), expected, "{path}");
+            // The failure judge quotes the termination message: only the reason, no measurement.
+            assert_eq!(
+                std::fs::read_to_string(&termination_log).expect("termination log"),
+                format!("{expected}\n"),
+                "{path}"
+            );
             let written: Vec<_> = std::fs::read_dir(&outside).expect("outside").collect();
             assert!(
                 written.is_empty(),
@@ -874,7 +950,12 @@ pub(crate) mod tests {
             frontend_url: &frontend,
             ..setup(&[], sparse)
         };
-        let script = spec.render_in(job_dir.to_str().expect("UTF-8"), "/nonexistent");
+        let termination_log = job_dir.with_extension("termination-log");
+        let script = spec.render_in(
+            job_dir.to_str().expect("UTF-8"),
+            "/nonexistent",
+            termination_log.to_str().expect("UTF-8"),
+        );
         let out = sh(
             &["-c", &script],
             &job_dir,
@@ -891,6 +972,7 @@ pub(crate) mod tests {
         );
         let output = format!("{}{}", text(&out.stdout), text(&out.stderr));
         assert!(!output.contains('\r'), "git printed progress lines: {output:?}");
+        assert_ulimits_reported(&termination_log, &out);
         job_dir.join("repository")
     }
 

@@ -113,6 +113,11 @@ impl ClusterView {
             .filter(|job| job.metadata.uid.as_deref() == Some(created.uid.as_str()))
     }
 
+    /// All of this executor's pods, as last seen.
+    pub fn pods(&self) -> Vec<Arc<Pod>> {
+        self.pods.state()
+    }
+
     /// All of this executor's Jobs, as last seen.
     pub fn jobs(&self) -> Vec<Arc<Job>> {
         self.jobs.state()
