@@ -22,6 +22,7 @@ mod health;
 mod job;
 mod k8s;
 mod log_entry;
+mod logging;
 pub mod queue;
 mod redact;
 mod retry;

@@ -379,7 +379,7 @@ fn log_level(p: &mut Parser<'_>, var: Var<'_>) -> String {
             p.invalid(
                 &var,
                 value,
-                "is not a log level (expected dbug, info, warn, error or crit)",
+                "is not a log level (expected dbug, info, warn, eror or crit)",
             );
             "warn"
         }
@@ -387,20 +387,21 @@ fn log_level(p: &mut Parser<'_>, var: Var<'_>) -> String {
     directive.to_owned()
 }
 
+/// Sourcegraph's names: `condensed` and `console` are for people, `json` for machines, and
+/// `logfmt` means JSON too, as in sourcegraph/log, whose logfmt output was retired.
 fn log_format(p: &mut Parser<'_>, var: Var<'_>) -> LogFormat {
     let Some(value) = var.value else {
         return LogFormat::Condensed;
     };
     match value.to_ascii_lowercase().as_str() {
         "condensed" => LogFormat::Condensed,
-        "json" => LogFormat::Json,
-        "logfmt" => LogFormat::Logfmt,
+        "json" | "logfmt" => LogFormat::Json,
         "console" => LogFormat::Console,
         _ => {
             p.invalid(
                 &var,
                 value,
-                "is not a log format (expected condensed, json, logfmt or console)",
+                "is not a log format (expected condensed, console, json or logfmt)",
             );
             LogFormat::Condensed
         }
@@ -1178,7 +1179,8 @@ mod tests {
         for (format, expected) in [
             ("condensed", LogFormat::Condensed),
             ("json", LogFormat::Json),
-            ("logfmt", LogFormat::Logfmt),
+            ("logfmt", LogFormat::Json),
+            ("JSON", LogFormat::Json),
             ("console", LogFormat::Console),
         ] {
             assert_eq!(
@@ -1299,12 +1301,12 @@ mod tests {
             (
                 "SRC_LOG_LEVEL",
                 "verbose",
-                "is not a log level (expected dbug, info, warn, error or crit)",
+                "is not a log level (expected dbug, info, warn, eror or crit)",
             ),
             (
                 "SRC_LOG_FORMAT",
                 "xml",
-                "is not a log format (expected condensed, json, logfmt or console)",
+                "is not a log format (expected condensed, console, json or logfmt)",
             ),
             ("SRC_TRACE_LOG", "nah", "is not a boolean"),
             (

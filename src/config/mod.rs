@@ -37,9 +37,11 @@ pub enum QueueSelection {
 /// Log output format (`SRC_LOG_FORMAT`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
+    /// One compact human-readable line per event, without colours.
     Condensed,
+    /// One JSON object per line, with the fields of the enclosing spans (a job's `job_id`, `queue`).
     Json,
-    Logfmt,
+    /// Human-readable, coloured for a terminal.
     Console,
 }
 
