@@ -146,6 +146,7 @@ fn kubernetes(env: &Env, p: &mut Parser<'_>) -> KubernetesConfig {
         automount_service_account_token: p.bool(env.var("KUBERNETES_JOB_AUTOMOUNT_SERVICE_ACCOUNT_TOKEN")),
         ttl_seconds_after_finished: ttl.filter(|seconds| *seconds > 0 && !keep_jobs),
         pending_timeout: p.positive_duration(env.var("KUBERNETES_JOB_PENDING_TIMEOUT")),
+        unschedulable_timeout: p.positive_duration(env.var("KUBERNETES_JOB_UNSCHEDULABLE_TIMEOUT")),
         image_pull_timeout: p.positive_duration(env.var("KUBERNETES_JOB_IMAGE_PULL_TIMEOUT")),
         pod_creation_timeout: p.positive_duration(env.var("KUBERNETES_JOB_POD_CREATION_TIMEOUT")),
     }
@@ -735,6 +736,7 @@ mod tests {
         assert!(!k.automount_service_account_token);
         assert_eq!(k.ttl_seconds_after_finished, Some(600));
         assert_eq!(k.pending_timeout, Duration::from_secs(600));
+        assert_eq!(k.unschedulable_timeout, Duration::from_secs(60));
         assert_eq!(k.image_pull_timeout, Duration::from_secs(60));
         assert_eq!(k.pod_creation_timeout, Duration::from_secs(30));
     }
@@ -842,6 +844,7 @@ mod tests {
             ("KUBERNETES_JOB_AUTOMOUNT_SERVICE_ACCOUNT_TOKEN", "true"),
             ("KUBERNETES_JOB_TTL_SECONDS_AFTER_FINISHED", "3600"),
             ("KUBERNETES_JOB_PENDING_TIMEOUT", "2m"),
+            ("KUBERNETES_JOB_UNSCHEDULABLE_TIMEOUT", "20s"),
             ("KUBERNETES_JOB_IMAGE_PULL_TIMEOUT", "90s"),
             ("KUBERNETES_JOB_POD_CREATION_TIMEOUT", "45s"),
         ]
@@ -972,6 +975,7 @@ mod tests {
         assert!(k.automount_service_account_token);
         assert_eq!(k.ttl_seconds_after_finished, Some(3600));
         assert_eq!(k.pending_timeout, Duration::from_secs(120));
+        assert_eq!(k.unschedulable_timeout, Duration::from_secs(20));
         assert_eq!(k.image_pull_timeout, Duration::from_secs(90));
         assert_eq!(k.pod_creation_timeout, Duration::from_secs(45));
     }
@@ -1526,6 +1530,11 @@ mod tests {
                 "is too large",
             ),
             ("KUBERNETES_JOB_PENDING_TIMEOUT", "0s", "must be greater than 0"),
+            (
+                "KUBERNETES_JOB_UNSCHEDULABLE_TIMEOUT",
+                "0",
+                "must be greater than 0",
+            ),
             ("KUBERNETES_JOB_IMAGE_PULL_TIMEOUT", "1x", "is not a duration"),
             ("KUBERNETES_JOB_POD_CREATION_TIMEOUT", "30", "is not a duration"),
             // Accepted for compatibility, unused, but still checked.

@@ -358,6 +358,11 @@ pub const VARIABLES: &[Variable] = &[
         "A job whose pod stays pending or unschedulable this long fails.",
     ),
     var(
+        "KUBERNETES_JOB_UNSCHEDULABLE_TIMEOUT",
+        "1m",
+        "A job whose pod the scheduler cannot place fails after this long, with the scheduler's reason, unless a cluster autoscaler reports adding a node for it (TriggeredScaleUp); then it waits up to KUBERNETES_JOB_PENDING_TIMEOUT.",
+    ),
+    var(
         "KUBERNETES_JOB_IMAGE_PULL_TIMEOUT",
         "1m",
         "A job whose container cannot pull its image for this long fails.",

@@ -185,6 +185,9 @@ pub struct KubernetesConfig {
     pub ttl_seconds_after_finished: Option<i32>,
     /// `KUBERNETES_JOB_PENDING_TIMEOUT` (default 10m).
     pub pending_timeout: Duration,
+    /// `KUBERNETES_JOB_UNSCHEDULABLE_TIMEOUT` (default 1m): how long an unschedulable pod waits
+    /// when no cluster autoscaler is adding a node for it.
+    pub unschedulable_timeout: Duration,
     /// `KUBERNETES_JOB_IMAGE_PULL_TIMEOUT` (default 1m).
     pub image_pull_timeout: Duration,
     /// `KUBERNETES_JOB_POD_CREATION_TIMEOUT` (default 30s).
