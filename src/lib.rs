@@ -23,6 +23,7 @@ mod health;
 mod job;
 mod k8s;
 mod log_entry;
+mod logging;
 mod metrics;
 mod nfr;
 pub mod queue;

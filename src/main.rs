@@ -25,7 +25,10 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    kube_executor::init_logging(&config);
+    if let Err(error) = kube_executor::init_logging(&config) {
+        eprintln!("executor: {error}");
+        return ExitCode::from(1);
+    }
     // Both HTTP clients use rustls; pick its crypto provider once for the process.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {

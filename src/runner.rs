@@ -207,11 +207,15 @@ fn apply_heartbeat_response(deps: &Deps, sent: &[RunKey], response: &HeartbeatRe
         };
         let id = key.to_string();
         if cancel.contains(id.as_str()) {
-            info!(job = %key, "the frontend canceled the job");
+            info!(job_id = key.id, queue = %key.queue, "the frontend canceled the job");
             job.stop(StopReason::Canceled);
         }
         if job.note_known(known.contains(id.as_str())) >= ABANDON_AFTER_MISSING {
-            warn!(job = %key, "the frontend no longer knows this job (reset or reassigned); stopping it");
+            warn!(
+                job_id = key.id,
+                queue = %key.queue,
+                "the frontend no longer knows this job (reset or reassigned); stopping it"
+            );
             job.stop(StopReason::Abandoned);
         }
     }
@@ -250,7 +254,7 @@ async fn fail_unrun(deps: &Deps, job: &crate::queue::client::JobHandle, message:
     deps.metrics.record(Event::JobPermanentlyFailed);
     warn!(job_id = job.id, queue = %job.queue, message, "not running the dequeued job; marking it failed");
     if let Err(error) = deps.queue.mark_failed(job, message).await {
-        warn!(job_id = job.id, %error, "could not mark the job failed");
+        warn!(job_id = job.id, queue = %job.queue, %error, "could not mark the job failed");
     }
 }
 
@@ -295,9 +299,10 @@ pub async fn dequeue_loop(deps: Deps, slots: std::sync::Arc<Slots>, jobs: TaskTr
                 consecutive_errors = 0;
                 dequeued += 1;
                 deps.metrics.record(Event::JobDequeued);
-                info!(job_id = job.id, queue = %job.queue, "dequeued a job");
                 match run_key(&cfg.queues, &job) {
                     Ok(key) => {
+                        // The key's queue: single-queue dequeues do not name it in the job.
+                        info!(job_id = key.id, queue = %key.queue, "dequeued a job");
                         let stop = shutdown.force.child_token();
                         jobs.spawn(job::run(deps.clone(), key, job, permit, stop));
                     }

@@ -1,6 +1,6 @@
 //! Logging setup and the facts an executor reports about itself (OS, architecture, git version, metrics).
 
-use tracing_subscriber::{EnvFilter, fmt};
+use tracing_subscriber::fmt;
 
 use crate::{
     config::{Config, LogFormat},
@@ -11,27 +11,18 @@ use crate::{
 pub const BUILD_VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// Installs the global tracing subscriber from SRC_LOG_LEVEL / SRC_LOG_FORMAT. `RUST_LOG`, when
-/// set, overrides the level with full filter syntax.
-pub fn init_logging(config: &Config) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        EnvFilter::new(format!(
-            "{},kube_executor={}",
-            quiet(&config.log_level),
-            config.log_level
-        ))
-    });
+/// set, replaces the level with full filter syntax; a malformed one is a startup error naming it.
+pub fn init_logging(config: &Config) -> Result<(), String> {
+    let rust_log = std::env::var(crate::logging::FINE_GRAINED_FILTER_VARIABLE).ok();
+    let filter = crate::logging::filter(&config.log_level, rust_log.as_deref())?;
     let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr);
     // Ignore "already set": tests may build several executors in one process.
     let _ = match config.log_format {
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
-        LogFormat::Condensed | LogFormat::Logfmt => builder.compact().with_ansi(false).try_init(),
+        LogFormat::Json => builder.json().event_format(crate::logging::FlatJson).try_init(),
+        LogFormat::Condensed => builder.compact().with_ansi(false).try_init(),
         LogFormat::Console => builder.try_init(),
     };
-}
-
-/// Dependencies log at most at warn unless the executor itself is at debug.
-fn quiet(level: &str) -> &str {
-    if level == "debug" { "info" } else { "warn" }
+    Ok(())
 }
 
 /// Static facts about this executor, sent in heartbeats.

@@ -107,3 +107,69 @@ async fn a_pod_deleted_by_someone_else_fails_the_job_at_once() {
     assert!(error_of(&record).contains("deleted"), "{}", error_of(&record));
     env.wait_no_objects(Duration::from_secs(60)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unschedulable_job_with_no_autoscaler_fails_after_the_short_wait_with_the_schedulers_message() {
+    let env = Env::start().await;
+    let id = env.frontend.enqueue(job(vec![step("never", &["echo never"])]));
+    // The pending timeout stays at its 10 minutes: only the short wait may end this job.
+    let _executor = env.spawn_executor(&[
+        ("EXECUTOR_KUBERNETES_NODE_SELECTOR", "disktype=nonexistent"),
+        ("KUBERNETES_JOB_UNSCHEDULABLE_TIMEOUT", "3s"),
+    ]);
+    let started = std::time::Instant::now();
+    let record = env.wait_terminal(id, TIMEOUT).await;
+    // The executor's startup and the scheduler's first attempt come on top of the 3s wait.
+    assert!(
+        started.elapsed() < Duration::from_secs(3 + 30),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(record.state, JobState::Errored, "{record:#?}");
+    let message = error_of(&record);
+    assert!(
+        message.contains(
+            "the pod could not be scheduled and no cluster autoscaler is adding a node for it \
+             (waited 3s, KUBERNETES_JOB_UNSCHEDULABLE_TIMEOUT): 0/"
+        ),
+        "{message}"
+    );
+    assert!(
+        message.contains("didn't match"),
+        "the scheduler's message: {message}"
+    );
+    assert!(
+        message.starts_with("running command \"setup.workspace\""),
+        "{message}"
+    );
+    env.wait_no_objects(Duration::from_secs(30)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_image_pull_failure_names_the_image_and_the_runtimes_reason() {
+    let env = Env::start().await;
+    let mut bad = step("pull", &["echo unreachable"]);
+    bad.image = "unpullable.invalid/missing:1".into();
+    let id = env.frontend.enqueue(job(vec![bad]));
+    // Longer than the node's ErrImagePull phase: the job fails in ImagePullBackOff, whose own
+    // message ("Back-off pulling image") no longer says why.
+    let _executor = env.spawn_executor(&[("KUBERNETES_JOB_IMAGE_PULL_TIMEOUT", "5s")]);
+    let record = env.wait_terminal(id, TIMEOUT).await;
+    assert_eq!(record.state, JobState::Errored, "{record:#?}");
+    let message = error_of(&record);
+    assert!(
+        message.contains("image \"unpullable.invalid/missing:1\" could not be pulled within 5s"),
+        "{message}"
+    );
+    assert!(
+        message.contains(
+            "rpc error: code = Unknown desc = failed to pull and unpack image \"unpullable.invalid/missing:1\""
+        ) && message.contains("pull access denied"),
+        "the runtime's reason: {message}"
+    );
+    assert!(
+        message.starts_with("running command \"step.kubernetes.pull\""),
+        "{message}"
+    );
+    env.wait_no_objects(Duration::from_secs(30)).await;
+}

@@ -154,6 +154,7 @@ fn kubernetes(env: &Env, p: &mut Parser<'_>) -> KubernetesConfig {
         automount_service_account_token: p.bool(env.var("KUBERNETES_JOB_AUTOMOUNT_SERVICE_ACCOUNT_TOKEN")),
         ttl_seconds_after_finished: ttl.filter(|seconds| *seconds > 0 && !keep_jobs),
         pending_timeout: p.positive_duration(env.var("KUBERNETES_JOB_PENDING_TIMEOUT")),
+        unschedulable_timeout: p.positive_duration(env.var("KUBERNETES_JOB_UNSCHEDULABLE_TIMEOUT")),
         image_pull_timeout: p.positive_duration(env.var("KUBERNETES_JOB_IMAGE_PULL_TIMEOUT")),
         pod_creation_timeout: p.positive_duration(env.var("KUBERNETES_JOB_POD_CREATION_TIMEOUT")),
     }
@@ -387,7 +388,7 @@ fn log_level(p: &mut Parser<'_>, var: Var<'_>) -> String {
             p.invalid(
                 &var,
                 value,
-                "is not a log level (expected dbug, info, warn, error or crit)",
+                "is not a log level (expected dbug, info, warn, eror or crit)",
             );
             "warn"
         }
@@ -395,20 +396,21 @@ fn log_level(p: &mut Parser<'_>, var: Var<'_>) -> String {
     directive.to_owned()
 }
 
+/// Sourcegraph's names: `condensed` and `console` are for people, `json` for machines, and
+/// `logfmt` means JSON too, as in sourcegraph/log, whose logfmt output was retired.
 fn log_format(p: &mut Parser<'_>, var: Var<'_>) -> LogFormat {
     let Some(value) = var.value else {
         return LogFormat::Condensed;
     };
     match value.to_ascii_lowercase().as_str() {
         "condensed" => LogFormat::Condensed,
-        "json" => LogFormat::Json,
-        "logfmt" => LogFormat::Logfmt,
+        "json" | "logfmt" => LogFormat::Json,
         "console" => LogFormat::Console,
         _ => {
             p.invalid(
                 &var,
                 value,
-                "is not a log format (expected condensed, json, logfmt or console)",
+                "is not a log format (expected condensed, console, json or logfmt)",
             );
             LogFormat::Condensed
         }
@@ -750,6 +752,7 @@ mod tests {
         assert!(!k.automount_service_account_token);
         assert_eq!(k.ttl_seconds_after_finished, Some(600));
         assert_eq!(k.pending_timeout, Duration::from_secs(600));
+        assert_eq!(k.unschedulable_timeout, Duration::from_secs(60));
         assert_eq!(k.image_pull_timeout, Duration::from_secs(60));
         assert_eq!(k.pod_creation_timeout, Duration::from_secs(30));
     }
@@ -857,6 +860,7 @@ mod tests {
             ("KUBERNETES_JOB_AUTOMOUNT_SERVICE_ACCOUNT_TOKEN", "true"),
             ("KUBERNETES_JOB_TTL_SECONDS_AFTER_FINISHED", "3600"),
             ("KUBERNETES_JOB_PENDING_TIMEOUT", "2m"),
+            ("KUBERNETES_JOB_UNSCHEDULABLE_TIMEOUT", "20s"),
             ("KUBERNETES_JOB_IMAGE_PULL_TIMEOUT", "90s"),
             ("KUBERNETES_JOB_POD_CREATION_TIMEOUT", "45s"),
             ("EXECUTOR_RECOMMENDED_ULIMIT_NOFILE", "1048576"),
@@ -997,6 +1001,7 @@ mod tests {
         assert!(k.automount_service_account_token);
         assert_eq!(k.ttl_seconds_after_finished, Some(3600));
         assert_eq!(k.pending_timeout, Duration::from_secs(120));
+        assert_eq!(k.unschedulable_timeout, Duration::from_secs(20));
         assert_eq!(k.image_pull_timeout, Duration::from_secs(90));
         assert_eq!(k.pod_creation_timeout, Duration::from_secs(45));
     }
@@ -1204,7 +1209,8 @@ mod tests {
         for (format, expected) in [
             ("condensed", LogFormat::Condensed),
             ("json", LogFormat::Json),
-            ("logfmt", LogFormat::Logfmt),
+            ("logfmt", LogFormat::Json),
+            ("JSON", LogFormat::Json),
             ("console", LogFormat::Console),
         ] {
             assert_eq!(
@@ -1325,12 +1331,12 @@ mod tests {
             (
                 "SRC_LOG_LEVEL",
                 "verbose",
-                "is not a log level (expected dbug, info, warn, error or crit)",
+                "is not a log level (expected dbug, info, warn, eror or crit)",
             ),
             (
                 "SRC_LOG_FORMAT",
                 "xml",
-                "is not a log format (expected condensed, json, logfmt or console)",
+                "is not a log format (expected condensed, console, json or logfmt)",
             ),
             ("SRC_TRACE_LOG", "nah", "is not a boolean"),
             (
@@ -1558,6 +1564,11 @@ mod tests {
                 "is too large",
             ),
             ("KUBERNETES_JOB_PENDING_TIMEOUT", "0s", "must be greater than 0"),
+            (
+                "KUBERNETES_JOB_UNSCHEDULABLE_TIMEOUT",
+                "0",
+                "must be greater than 0",
+            ),
             ("KUBERNETES_JOB_IMAGE_PULL_TIMEOUT", "1x", "is not a duration"),
             ("KUBERNETES_JOB_POD_CREATION_TIMEOUT", "30", "is not a duration"),
             // Accepted for compatibility, unused, but still checked.

@@ -130,12 +130,12 @@ pub const VARIABLES: &[Variable] = &[
     var(
         "SRC_LOG_LEVEL",
         "warn",
-        "Lowest level logged: dbug, info, warn, error or crit.",
+        "Lowest level the executor logs: dbug, info, warn, eror or crit (debug, warning and error are accepted too); RUST_LOG, when set, replaces it with a full tracing filter.",
     ),
     var(
         "SRC_LOG_FORMAT",
         "condensed",
-        "Log format: condensed, json, logfmt or console.",
+        "Log format on stderr: condensed or console for people, json (one object per line, with job_id and queue on every line about a job) or logfmt, which means json as in Sourcegraph.",
     ),
     var(
         "SRC_TRACE_LOG",
@@ -356,6 +356,11 @@ pub const VARIABLES: &[Variable] = &[
         "KUBERNETES_JOB_PENDING_TIMEOUT",
         "10m",
         "A job whose pod stays pending or unschedulable this long fails.",
+    ),
+    var(
+        "KUBERNETES_JOB_UNSCHEDULABLE_TIMEOUT",
+        "1m",
+        "A job whose pod the scheduler cannot place fails after this long, with the scheduler's reason, unless a cluster autoscaler reports adding a node for it (TriggeredScaleUp); then it waits up to KUBERNETES_JOB_PENDING_TIMEOUT.",
     ),
     var(
         "KUBERNETES_JOB_IMAGE_PULL_TIMEOUT",

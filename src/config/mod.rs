@@ -37,9 +37,11 @@ pub enum QueueSelection {
 /// Log output format (`SRC_LOG_FORMAT`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
+    /// One compact human-readable line per event, without colours.
     Condensed,
+    /// One JSON object per line, with the fields of the enclosing spans (a job's `job_id`, `queue`).
     Json,
-    Logfmt,
+    /// Human-readable, coloured for a terminal.
     Console,
 }
 
@@ -191,6 +193,9 @@ pub struct KubernetesConfig {
     pub ttl_seconds_after_finished: Option<i32>,
     /// `KUBERNETES_JOB_PENDING_TIMEOUT` (default 10m).
     pub pending_timeout: Duration,
+    /// `KUBERNETES_JOB_UNSCHEDULABLE_TIMEOUT` (default 1m): how long an unschedulable pod waits
+    /// when no cluster autoscaler is adding a node for it.
+    pub unschedulable_timeout: Duration,
     /// `KUBERNETES_JOB_IMAGE_PULL_TIMEOUT` (default 1m).
     pub image_pull_timeout: Duration,
     /// `KUBERNETES_JOB_POD_CREATION_TIMEOUT` (default 30s).

@@ -22,6 +22,7 @@ use crate::{
     k8s::{
         failure::{self, Failure, FailureKind, Timeouts, Tracker, Verdict},
         job_spec::{self, StepSpec},
+        pod_events::StuckPodJudge,
         watch::CreatedJob,
     },
     metrics::CommandOp,
@@ -40,7 +41,7 @@ pub(super) struct Supervisor<'a> {
     /// Setup, steps, main: the pod's containers in order, with their entry keys.
     steps: &'a [StepSpec],
     job: CreatedJob,
-    tracker: Tracker,
+    judge: StuckPodJudge,
     followers: JoinSet<Option<UnreadableLog>>,
     following: HashSet<String>,
     restarts: HashMap<String, i32>,
@@ -55,7 +56,13 @@ impl<'a> Supervisor<'a> {
             run,
             steps,
             job,
-            tracker: Tracker::new(created_at),
+            judge: StuckPodJudge::new(
+                Tracker::new(created_at),
+                kube::Api::namespaced(
+                    run.deps.pods.clone().into_client(),
+                    &run.deps.config.kubernetes.namespace,
+                ),
+            ),
             followers: JoinSet::new(),
             following: HashSet::new(),
             restarts: HashMap::new(),
@@ -96,6 +103,7 @@ impl<'a> Supervisor<'a> {
         let cfg = &deps.config;
         let timeouts = Timeouts {
             pending: cfg.kubernetes.pending_timeout,
+            unschedulable: cfg.kubernetes.unschedulable_timeout,
             image_pull: cfg.kubernetes.image_pull_timeout,
             pod_creation: cfg.kubernetes.pod_creation_timeout,
         };
@@ -109,9 +117,10 @@ impl<'a> Supervisor<'a> {
             if let Some(pod) = &pod {
                 self.observe(pod);
             }
-            let verdict =
-                self.tracker
-                    .evaluate(Instant::now(), &timeouts, k8s_job.as_deref(), pod.as_deref());
+            let verdict = self
+                .judge
+                .evaluate(Instant::now(), &timeouts, k8s_job.as_deref(), pod.as_deref())
+                .await;
             let recheck = match verdict {
                 Verdict::Succeeded => return Outcome::Succeeded,
                 Verdict::Failed(failure) => {
@@ -122,6 +131,8 @@ impl<'a> Supervisor<'a> {
                     return Outcome::Failed { key, failure };
                 }
                 Verdict::Waiting { recheck_in } => recheck_in.unwrap_or(IDLE_RECHECK),
+                // The judge reads the Events itself.
+                Verdict::ReadPodEvents => Duration::ZERO,
             };
             tokio::select! {
                 _ = changes.changed() => {}

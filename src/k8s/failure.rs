@@ -1,7 +1,8 @@
 //! Decides from a job's Pod and Job objects whether it is still going, succeeded, or failed and why.
 //!
 //! Pure: the job task feeds it what the shared watch currently sees and the clock, and acts on the
-//! verdict. Timers (pending, image pull, pod creation) are measured from when a condition was first
+//! verdict. When a stuck pod's Events decide (an autoscaler's verdict, a pull's runtime message), it
+//! asks for them with [`Verdict::ReadPodEvents`] instead of reading them. Timers (pending, image pull, pod creation) are measured from when a condition was first
 //! seen, so a verdict never depends on how often it is asked.
 
 use std::{
@@ -11,14 +12,21 @@ use std::{
 
 use k8s_openapi::api::{
     batch::v1::Job,
-    core::v1::{ContainerStatus, Pod},
+    core::v1::{ContainerStatus, Pod, PodCondition},
 };
+
+use super::pod_events::{Autoscaler, PodEvents};
+
+/// The shortest time between two reads of one stuck pod's Events, whatever the configuration.
+const MIN_EVENTS_REREAD: Duration = Duration::from_secs(1);
 
 /// How long a job may stay in each kind of "stuck" state before it is failed.
 #[derive(Debug, Clone, Copy)]
 pub struct Timeouts {
     /// Pod unschedulable / pending.
     pub pending: Duration,
+    /// Pod unschedulable with no cluster autoscaler adding a node for it.
+    pub unschedulable: Duration,
     /// A container in `ErrImagePull` / `ImagePullBackOff` / a container config error.
     pub image_pull: Duration,
     /// The Job exists but has no pod.
@@ -55,6 +63,18 @@ pub enum Verdict {
     },
     Succeeded,
     Failed(Failure),
+    /// The pod has been stuck long enough that its Events decide what happens next: read them
+    /// (see [`super::pod_events::read`]), pass them to [`Tracker::note_pod_events`] and evaluate
+    /// again.
+    ReadPodEvents,
+}
+
+/// The pod's Events as last read, and when.
+#[derive(Debug)]
+struct EventsRead {
+    at: Instant,
+    /// `None` when they could not be read.
+    events: Option<PodEvents>,
 }
 
 /// Remembers, for one job, when each stuck condition was first seen and which pod it runs in.
@@ -64,6 +84,10 @@ pub struct Tracker {
     job_seen: bool,
     pod_uid: Option<String>,
     first_seen: HashMap<String, Instant>,
+    /// Per container, the runtime's message from its last `ErrImagePull`, which the
+    /// `ImagePullBackOff` that follows replaces with a bare "Back-off pulling image".
+    pull_messages: HashMap<String, String>,
+    events: Option<EventsRead>,
 }
 
 impl Tracker {
@@ -74,7 +98,15 @@ impl Tracker {
             job_seen: false,
             pod_uid: None,
             first_seen: HashMap::new(),
+            pull_messages: HashMap::new(),
+            events: None,
         }
+    }
+
+    /// Records the pod's Events (`None`: they could not be read) after a
+    /// [`Verdict::ReadPodEvents`].
+    pub fn note_pod_events(&mut self, now: Instant, events: Option<PodEvents>) {
+        self.events = Some(EventsRead { at: now, events });
     }
 
     /// Judges the current objects. `job`/`pod` are what the watch holds now (`None` when absent).
@@ -196,31 +228,71 @@ impl Tracker {
     }
 
     /// `Ok(true)` while the scheduler reports the pod unschedulable (its timer running), `Ok(false)`
-    /// when it does not, `Err` once the pending timeout ran out.
+    /// when it does not, `Err` once it has waited long enough or its Events must be read.
     fn judge_unschedulable(&mut self, clock: &mut Clock<'_>, pod: &Pod) -> Result<bool, Verdict> {
-        let unschedulable = pod
-            .status
-            .as_ref()
-            .and_then(|s| s.conditions.as_ref())
-            .and_then(|cs| cs.iter().find(|c| c.type_ == "PodScheduled"))
-            .filter(|c| c.status == "False");
-        let Some(cond) = unschedulable else {
+        let Some(cond) = unschedulable_condition(pod) else {
             return Ok(false);
         };
+        let why = condition_text(cond);
         let limit = clock.timeouts.pending;
-        if self.timer("unschedulable", limit, clock).is_some() {
+        if self.timer("unschedulable", limit, clock).is_none() {
+            let autoscaler = self
+                .read_events()
+                .and_then(|events| events.autoscaler.as_ref())
+                .map(autoscaler_note)
+                .unwrap_or_default();
+            return Err(infrastructure(
+                None,
+                format!(
+                    "the pod could not be scheduled within {}: {why}{autoscaler}",
+                    human(limit)
+                ),
+            ));
+        }
+        self.judge_autoscaler(clock, &why)
+    }
+
+    /// Past the short unschedulable wait only a cluster autoscaler adding a node for the pod is
+    /// worth waiting for, and its Events say whether one is.
+    fn judge_autoscaler(&mut self, clock: &mut Clock<'_>, why: &str) -> Result<bool, Verdict> {
+        let short = clock.timeouts.unschedulable;
+        let since = self.first_seen.get("unschedulable").copied().unwrap_or(clock.now);
+        let waited = clock.now.saturating_duration_since(since);
+        if waited < short {
+            clock.timers.wait(short - waited);
             return Ok(true);
         }
-        let message = cond.message.clone().unwrap_or_default();
-        let why = if message.is_empty() {
-            cond.reason.clone().unwrap_or_default()
-        } else {
-            message
+        // Read again once per short wait: an autoscaler that was scaling up may give up.
+        let reread = short.max(MIN_EVENTS_REREAD);
+        let Some(read) = self
+            .events
+            .as_ref()
+            .filter(|read| read.at >= since && clock.now.saturating_duration_since(read.at) < reread)
+        else {
+            return Err(Verdict::ReadPodEvents);
         };
-        Err(infrastructure(
-            None,
-            format!("the pod could not be scheduled within {}: {why}", human(limit)),
-        ))
+        let next_read = reread - clock.now.saturating_duration_since(read.at);
+        match read.events.as_ref().map(|events| events.autoscaler.as_ref()) {
+            // Unreadable Events tell nothing: wait as long as the pending timeout allows.
+            None | Some(Some(Autoscaler::ScalingUp(_))) => {
+                clock.timers.wait(next_read);
+                Ok(true)
+            }
+            Some(autoscaler) => Err(infrastructure(
+                None,
+                format!(
+                    "the pod could not be scheduled and no cluster autoscaler is adding a node for it \
+                     (waited {}, KUBERNETES_JOB_UNSCHEDULABLE_TIMEOUT): {why}{}",
+                    human(short),
+                    autoscaler.map(autoscaler_note).unwrap_or_default()
+                ),
+            )),
+        }
+    }
+
+    /// The pod's Events, when they were read and could be.
+    fn read_events(&self) -> Option<&PodEvents> {
+        self.events.as_ref().and_then(|read| read.events.as_ref())
     }
 
     /// Containers that cannot start: a bad image at once, pull and config errors after a timer.
@@ -240,17 +312,10 @@ impl Tracker {
                         kind: FailureKind::Permanent,
                     }));
                 }
-                "ErrImagePull" | "ImagePullBackOff"
-                    if self.timer(&format!("pull/{}", cs.name), limit, clock).is_none() =>
-                {
-                    return Some(infrastructure(
-                        Some(cs.name.clone()),
-                        format!(
-                            "image {:?} could not be pulled within {} ({reason}): {message}",
-                            cs.image,
-                            human(limit)
-                        ),
-                    ));
+                "ErrImagePull" | "ImagePullBackOff" => {
+                    if let Some(verdict) = self.judge_pull(clock, cs, reason, message) {
+                        return Some(verdict);
+                    }
                 }
                 "CreateContainerConfigError" | "CreateContainerError" | "RunContainerError"
                     if self.timer(&format!("config/{}", cs.name), limit, clock).is_none() =>
@@ -264,6 +329,41 @@ impl Tracker {
             }
         }
         None
+    }
+
+    /// A container that cannot pull its image fails after the pull timer, with the runtime's
+    /// message: from its last `ErrImagePull`, else from its `Failed` Event, else what it says now.
+    fn judge_pull(
+        &mut self,
+        clock: &mut Clock<'_>,
+        cs: &ContainerStatus,
+        reason: &str,
+        message: String,
+    ) -> Option<Verdict> {
+        if reason == "ErrImagePull" && !message.is_empty() {
+            self.pull_messages.insert(cs.name.clone(), message.clone());
+        }
+        let limit = clock.timeouts.image_pull;
+        if self.timer(&format!("pull/{}", cs.name), limit, clock).is_some() {
+            return None;
+        }
+        let remembered = self.pull_messages.get(&cs.name).or_else(|| {
+            self.read_events()
+                .and_then(|events| events.pull_failures.get(&cs.name))
+        });
+        let runtime_message = match remembered {
+            Some(text) => text.clone(),
+            None if self.events.is_none() => return Some(Verdict::ReadPodEvents),
+            None => message,
+        };
+        Some(infrastructure(
+            Some(cs.name.clone()),
+            format!(
+                "image {:?} could not be pulled within {} ({reason}): {runtime_message}",
+                cs.image,
+                human(limit)
+            ),
+        ))
     }
 
     /// A Pending pod that has started no container and that the scheduler has not explained (a
@@ -320,6 +420,31 @@ struct Timers {
 impl Timers {
     fn wait(&mut self, left: Duration) {
         self.next = Some(self.next.map_or(left, |n| n.min(left)));
+    }
+}
+
+/// The pod's `PodScheduled=False` condition, while the scheduler cannot place it.
+fn unschedulable_condition(pod: &Pod) -> Option<&PodCondition> {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|cs| cs.iter().find(|c| c.type_ == "PodScheduled"))
+        .filter(|c| c.status == "False")
+}
+
+/// The scheduler's message (`0/3 nodes are available: ...`), else its reason.
+fn condition_text(cond: &PodCondition) -> String {
+    match cond.message.as_deref().filter(|m| !m.is_empty()) {
+        Some(message) => message.to_string(),
+        None => cond.reason.clone().unwrap_or_default(),
+    }
+}
+
+/// What the autoscaler said, appended to an unschedulable failure.
+fn autoscaler_note(autoscaler: &Autoscaler) -> String {
+    match autoscaler {
+        Autoscaler::ScalingUp(message) => format!("; cluster-autoscaler was scaling up: {message}"),
+        Autoscaler::WillNotScaleUp(message) => format!("; cluster-autoscaler: {message}"),
     }
 }
 
@@ -499,6 +624,7 @@ mod tests {
 
     const T: Timeouts = Timeouts {
         pending: Duration::from_secs(600),
+        unschedulable: Duration::from_secs(60),
         image_pull: Duration::from_secs(60),
         pod_creation: Duration::from_secs(30),
     };
@@ -554,9 +680,24 @@ mod tests {
              "message":"0/2 nodes are available: 2 node(s) didn't match node selector."}]}}),
         );
         match t.evaluate(start, &T, Some(&job()), Some(&p)) {
-            Verdict::Waiting { recheck_in } => assert_eq!(recheck_in, Some(T.pending)),
+            Verdict::Waiting { recheck_in } => assert_eq!(recheck_in, Some(T.unschedulable)),
             other => panic!("unexpected {other:?}"),
         }
+        // After the short wait the Events decide; an autoscaler scaling up keeps the pod waiting.
+        let short = start + T.unschedulable;
+        assert_eq!(
+            t.evaluate(short, &T, Some(&job()), Some(&p)),
+            Verdict::ReadPodEvents
+        );
+        let scaling = PodEvents {
+            autoscaler: Some(Autoscaler::ScalingUp("pod triggered scale-up".into())),
+            ..PodEvents::default()
+        };
+        t.note_pod_events(short, Some(scaling));
+        assert!(matches!(
+            t.evaluate(short, &T, Some(&job()), Some(&p)),
+            Verdict::Waiting { .. }
+        ));
         let later = start + T.pending;
         let Verdict::Failed(f) = t.evaluate(later, &T, Some(&job()), Some(&p)) else {
             panic!("expected failure");
@@ -578,10 +719,22 @@ mod tests {
             t.evaluate(start, &T, Some(&job()), Some(&p)),
             Verdict::Waiting { .. }
         ));
-        let Verdict::Failed(f) = t.evaluate(start + T.image_pull, &T, Some(&job()), Some(&p)) else {
+        // No ErrImagePull was seen, so the kubelet's Event is asked for; unreadable, the status says why.
+        let timed_out = start + T.image_pull;
+        assert_eq!(
+            t.evaluate(timed_out, &T, Some(&job()), Some(&p)),
+            Verdict::ReadPodEvents
+        );
+        t.note_pod_events(timed_out, None);
+        let Verdict::Failed(f) = t.evaluate(timed_out, &T, Some(&job()), Some(&p)) else {
             panic!("expected failure");
         };
         assert!(f.reason.contains("unpullable.invalid/x"), "{}", f.reason);
+        assert!(
+            f.reason.ends_with("(ImagePullBackOff): pull access denied"),
+            "{}",
+            f.reason
+        );
         assert_eq!(f.container.as_deref(), Some("setup-workspace"));
     }
 

@@ -6,6 +6,7 @@ pub mod job_spec;
 pub mod labels;
 pub mod logs;
 pub mod objects;
+pub mod pod_events;
 pub mod preflight;
 pub mod request_metrics;
 pub mod script;

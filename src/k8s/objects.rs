@@ -338,7 +338,13 @@ impl Objects {
             }
             let name = job.name_any();
             sweep_one(&self.jobs, &name).await?;
-            info!(job = %name, "deleted a Job left by an earlier executor process");
+            let label = |key: &str| job.labels().get(key).cloned().unwrap_or_default();
+            info!(
+                job = %name,
+                job_id = %label(labels::JOB_ID_KEY),
+                queue = %label(labels::QUEUE_KEY),
+                "deleted a Job left by an earlier executor process"
+            );
             deleted += 1;
         }
         if !keep_finished {

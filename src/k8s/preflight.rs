@@ -94,6 +94,13 @@ pub fn required(config: &KubernetesConfig) -> Vec<Permission> {
             None,
             "finding leftover claims",
         ),
+        perm(
+            "list",
+            "",
+            "events",
+            None,
+            "reading the autoscaler's and kubelet's reasons for a pod already stuck",
+        ),
     ];
     if config.volume_type == VolumeType::Pvc {
         needed.push(perm(

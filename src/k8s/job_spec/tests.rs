@@ -56,6 +56,7 @@ fn test_config() -> KubernetesConfig {
         automount_service_account_token: false,
         ttl_seconds_after_finished: Some(600),
         pending_timeout: Duration::from_secs(600),
+        unschedulable_timeout: Duration::from_secs(60),
         image_pull_timeout: Duration::from_secs(60),
         pod_creation_timeout: Duration::from_secs(30),
     }
