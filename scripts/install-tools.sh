@@ -11,8 +11,10 @@
 #   tools/bin/promtool                  Prometheus' checker, taken out of Debian's prometheus package
 #                                       (not installed: only the binary, no service); its `check
 #                                       metrics` parses with Go's expfmt, as Sourcegraph's frontend does
+#   /usr/bin/chromium                   Debian's Chromium, for the status page's browser test
 # A tool already present is reused, so a second run only checks and prints the paths.
-# On success the last three lines are `helm=<path>`, `kubernetes-validate=<path>` and `promtool=<path>`.
+# On success the last four lines are `helm=<path>`, `kubernetes-validate=<path>`, `promtool=<path>`
+# and `chromium=<path>`.
 set -euo pipefail
 
 CACHE_ROOT="${KUBE_EXECUTOR_CACHE:-/var/cache/kube-executor}"
@@ -119,7 +121,9 @@ install_promtool() {
 install_helm
 install_kubernetes_validate
 install_promtool
+command -v chromium >/dev/null || apt_install_for chromium chromium
 
 printf 'helm=%s\n' "$HELM_BIN"
 printf 'kubernetes-validate=%s\n' "$VALIDATE_BIN"
 printf 'promtool=%s\n' "$PROMTOOL_BIN"
+printf 'chromium=%s\n' "$(command -v chromium)"

@@ -8,6 +8,7 @@ use kube::Api;
 
 use crate::{
     config::Config,
+    history::History,
     job::registry::Registry,
     k8s::{objects::Objects, watch::ClusterView},
     metrics::Metrics,
@@ -26,5 +27,7 @@ pub struct Deps {
     pub metrics: Metrics,
     pub nfr: Nfr,
     pub registry: Registry,
+    /// Jobs that ended, for the status page.
+    pub history: History,
     pub executor_name: String,
 }

@@ -235,94 +235,13 @@ async fn nfr(State(s): State<AppState>) -> Response {
     axum::Json(s.deps.nfr.snapshot(jiff::Timestamp::now())).into_response()
 }
 
-/// The status page's NFR section: figures next to their thresholds.
-fn nfr_section(snapshot: &crate::nfr::Snapshot) -> String {
-    let r = &snapshot.pod_restarts;
-    let u = &snapshot.ulimits;
-    let executor = r.executor.map_or_else(
-        || "unknown (no POD_NAME, or its pod cannot be read)".to_string(),
-        |n| n.to_string(),
-    );
-    let percent = u
-        .percent_compliant
-        .map_or_else(|| "not measured yet".to_string(), |p| format!("{p}%"));
-    format!(
-        "<h2>NFRs</h2><table border=\"1\">\
-         <tr><th>Pod restarts</th><td>{total} total: {jobs} in job pods, {executor} in this executor's pod; \
-         {recent} in the last {window} s</td></tr>\
-         <tr><th>Ulimits</th><td>{compliant} of {measured} measured job pods compliant ({percent}); \
-         recommended at least {nofile} open files and {nproc} processes; \
-         short of it: open files {nofile_failures}, processes {nproc_failures}</td></tr></table>\
-         <p>As of {updated} (JSON on <a href=\"/nfr\">/nfr</a>).</p>",
-        total = r.total,
-        jobs = r.jobs,
-        recent = r.recent,
-        window = r.recent_window_seconds,
-        compliant = u.compliant,
-        measured = u.measured,
-        nofile = u.recommended.nofile,
-        nproc = u.recommended.nproc,
-        nofile_failures = u.failures.nofile,
-        nproc_failures = u.failures.nproc,
-        updated = snapshot.updated_at,
-    )
-}
-
-fn escape(text: &str) -> String {
-    text.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-}
-
 async fn status_page(State(s): State<AppState>) -> Html<String> {
-    let cfg = &s.deps.config;
-    let mut rows = String::new();
-    for (key, _) in s.deps.registry.all() {
-        rows.push_str(&format!(
-            "<tr><td>{}</td><td>{}</td><td>{}</td></tr>",
-            escape(&key.to_string()),
-            escape(&key.queue),
-            escape(&crate::k8s::labels::job_name(&key.queue, key.id))
-        ));
-    }
-    let events: String = s
-        .deps
-        .metrics
-        .event_counts()
-        .into_iter()
-        .map(|(k, v)| format!("<tr><td>{}</td><td>{v}</td></tr>", escape(k)))
-        .collect();
-    Html(format!(
-        "<!doctype html><html><head><meta charset=\"utf-8\"><title>kube-executor</title>\
-         <meta http-equiv=\"refresh\" content=\"5\"></head><body>\
-         <h1>kube-executor</h1>\
-         <p>Executor <b>{name}</b> (instance {instance}, build {build}, reports version {reported})</p>\
-         <p>Frontend: {frontend} — {fe_state}. Watches: {watch}.</p>\
-         <p>Namespace {ns}; slots used {used} of {max}.</p>\
-         <h2>Running jobs</h2><table border=\"1\"><tr><th>ID</th><th>Queue</th><th>Kubernetes Job</th></tr>{rows}</table>\
-         <h2>Events</h2><table border=\"1\"><tr><th>Event</th><th>Count</th></tr>{events}</table>\
-         {nfr}</body></html>",
-        nfr = nfr_section(&s.deps.nfr.snapshot(jiff::Timestamp::now())),
-        name = escape(&s.deps.executor_name),
-        instance = escape(&cfg.instance_id),
-        build = crate::telemetry::BUILD_VERSION,
-        reported = escape(&cfg.reported_version),
-        frontend = escape(&cfg.frontend_url),
-        fe_state = if s.frontend.answered() {
-            "answering"
-        } else {
-            "not answered yet"
-        },
-        watch = if s.deps.view.is_synced() {
-            "synced"
-        } else {
-            "syncing"
-        },
-        ns = escape(&cfg.kubernetes.namespace),
-        used = s.system.slots.used(),
-        max = s.system.slots.max(),
-    ))
+    Html(crate::status_page::render(&crate::status_page::PageInput {
+        deps: &s.deps,
+        system: &s.system,
+        frontend_answered: s.frontend.answered(),
+        now: jiff::Timestamp::now(),
+    }))
 }
 
 #[cfg(test)]

@@ -136,7 +136,11 @@ mod tests {
     fn keeps_the_newest_jobs_and_counts_per_minute() {
         let history = History::default();
         for id in 0..25 {
-            history.record(finished(id, 600 + id, if id % 5 == 0 { "step_failed" } else { "succeeded" }));
+            history.record(finished(
+                id,
+                600 + id,
+                if id % 5 == 0 { "step_failed" } else { "succeeded" },
+            ));
         }
         history.record(finished(99, 600 + 60 * 3, "oom_killed"));
         let recent = history.recent();

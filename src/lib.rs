@@ -20,6 +20,7 @@ pub mod config;
 mod context;
 mod events;
 mod health;
+mod history;
 mod job;
 mod k8s;
 mod log_entry;
@@ -31,6 +32,7 @@ mod redact;
 mod retry;
 mod runner;
 mod slots;
+mod status_page;
 mod telemetry;
 
 pub use runner::Shutdown;
@@ -46,6 +48,7 @@ use crate::{
     config::Config,
     context::Deps,
     events::Event,
+    history::History,
     job::registry::Registry,
     k8s::{labels, objects::Objects, watch::ClusterView},
     metrics::Metrics,
@@ -199,6 +202,7 @@ impl Executor {
             metrics,
             nfr,
             registry: Registry::default(),
+            history: History::default(),
             executor_name,
         };
         Ok(Self {

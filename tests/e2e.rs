@@ -690,7 +690,7 @@ async fn health_endpoints_report_liveness_readiness_and_metrics() {
         .expect("status page");
     assert_eq!(status, 200);
     assert!(
-        page.contains("e2e-executor") && page.contains("slots used 0 of 1"),
+        page.contains("e2e-executor") && page.contains("<div class=\"big\" id=\"slots\">0 of 1</div>"),
         "{page}"
     );
     assert!(

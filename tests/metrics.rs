@@ -173,13 +173,14 @@ async fn metrics_parse_with_gos_parser_and_count_each_job() {
     assert_eq!(queue_calls("MarkErrored"), 2.0);
     assert!(queue_calls("Dequeue") >= 3.0);
     assert!(queue_calls("Heartbeat") >= 1.0);
-    // Per job: setup, its steps and main, then the two teardown entries.
-    assert_eq!(queue_calls("AddExecutionLogEntry"), (5.0 + 4.0 + 4.0) + 3.0 * 2.0);
+    // One entry per container that ran (setup, steps, and main after success: 4 + 2 + 2), then
+    // the two teardown entries of each job.
+    assert_eq!(queue_calls("AddExecutionLogEntry"), 8.0 + 3.0 * 2.0);
     let command = |op: &str| m.value(&format!("src_apiworker_command_total{{op=\"{op}\"}}"));
     assert_eq!(command("kubernetes.job.create"), 3.0);
     assert_eq!(command("kubernetes.job.delete"), 3.0);
     assert_eq!(command("kubernetes.pod.wait"), 3.0);
-    assert!(command("kubernetes.pod.logs") >= 9.0);
+    assert!(command("kubernetes.pod.logs") >= 8.0);
     // Each job creates its Secret and its Job once: API requests per job.
     let requests = |verb: &str, resource: &str, code: &str| {
         m.value(&format!(
@@ -188,7 +189,7 @@ async fn metrics_parse_with_gos_parser_and_count_each_job() {
     };
     assert_eq!(requests("create", "jobs", "201"), 3.0);
     assert_eq!(requests("create", "secrets", "201"), 3.0);
-    assert!(requests("get", "pods/log", "200") >= 9.0);
+    assert!(requests("get", "pods/log", "200") >= 8.0);
     assert!(m.value("kube_executor_log_lines_total") >= 3.0);
     assert_eq!(
         m.value("kube_executor_pod_pending_seconds_count{queue=\"batches\"}"),

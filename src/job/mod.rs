@@ -23,8 +23,9 @@ use tracing::{Instrument, error, info, info_span, warn};
 use crate::{
     context::Deps,
     events::Event,
+    history::FinishedJob,
     k8s::{
-        failure::{Failure, FailureKind},
+        failure::{Cause, Failure, FailureKind},
         job_spec::{self, JobContext, WorkspaceFile},
         labels,
     },
@@ -70,9 +71,8 @@ impl Outcome {
         match self {
             Outcome::Succeeded => ("completed", "succeeded"),
             Outcome::Failed { failure, .. } => match failure.kind {
-                FailureKind::StepFailed => ("errored", "step_failed"),
-                FailureKind::Infrastructure => ("errored", "infrastructure"),
-                FailureKind::Permanent => ("failed", "permanent"),
+                FailureKind::StepFailed | FailureKind::Infrastructure => ("errored", failure.cause.label()),
+                FailureKind::Permanent => ("failed", failure.cause.label()),
             },
             Outcome::Stopped(StopReason::Canceled) => ("failed", "canceled"),
             Outcome::Stopped(StopReason::Abandoned) => ("not_reported", "abandoned"),
@@ -89,6 +89,7 @@ impl Outcome {
                 container: None,
                 reason,
                 kind,
+                cause: Cause::Setup,
             },
         }
     }
@@ -164,10 +165,31 @@ impl JobRun {
         }
         let outcome = self.execute(job, started).await;
         let errored = !matches!(outcome, Outcome::Succeeded);
+        let finished = self.finished_job(&outcome, started.elapsed());
         self.report(outcome).await;
+        self.deps.history.record(finished);
         self.deps.registry.remove(&self.key);
         self.deps.metrics.handler_finished(started.elapsed(), errored);
         info!(elapsed_ms = started.elapsed().as_millis() as u64, "job finished");
+    }
+
+    /// What the status page keeps of this run; the failure text is redacted like the mark's.
+    fn finished_job(&self, outcome: &Outcome, duration: Duration) -> FinishedJob {
+        let (reported_as, reason) = outcome.metric_labels();
+        FinishedJob {
+            key: self.key.clone(),
+            job_name: self.job_name.clone(),
+            reported_as,
+            reason,
+            message: match outcome {
+                Outcome::Failed { key, failure } => {
+                    Some(self.redactor.redact(&format!("{key}: {}", failure.reason)))
+                }
+                _ => None,
+            },
+            finished_at: jiff::Timestamp::now(),
+            duration,
+        }
     }
 
     /// Creates the job's objects, supervises the pod to its end and tears the objects down.
@@ -199,6 +221,7 @@ impl JobRun {
                 self.deps
                     .metrics
                     .observe_dequeue_to_job_created(dequeued_at.elapsed());
+                self.running.set_created(created.job.clone());
                 self.deps.metrics.record(Event::JobCreated);
                 info!(
                     replaced_leftovers = created.replaced_leftovers,

@@ -8,7 +8,9 @@ use std::{
 
 use tokio_util::sync::CancellationToken;
 
-use crate::queue::RunKey;
+use jiff::Timestamp;
+
+use crate::{k8s::watch::CreatedJob, queue::RunKey};
 
 /// Why a running job is being stopped from outside.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,6 +30,10 @@ pub struct RunningJob {
     reason: Mutex<Option<StopReason>>,
     /// Consecutive heartbeats that included this job but whose `knownIds` did not.
     missing_from_known: Mutex<u32>,
+    /// When this run began (the status page shows the elapsed time).
+    pub started_at: Timestamp,
+    /// The Kubernetes Job, once created.
+    created: Mutex<Option<CreatedJob>>,
 }
 
 impl RunningJob {
@@ -44,6 +50,16 @@ impl RunningJob {
     /// Why the job was asked to stop, if it was.
     pub fn reason(&self) -> Option<StopReason> {
         *self.reason.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Remembers the Job this run created, so its pod can be found.
+    pub fn set_created(&self, job: CreatedJob) {
+        *self.created.lock().unwrap_or_else(|p| p.into_inner()) = Some(job);
+    }
+
+    /// The Job this run created, once it has.
+    pub fn created(&self) -> Option<CreatedJob> {
+        self.created.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Records one heartbeat answer about the job; returns how many answers in a row left it out
@@ -78,6 +94,8 @@ impl Registry {
             stop,
             reason: Mutex::new(None),
             missing_from_known: Mutex::new(0),
+            started_at: Timestamp::now(),
+            created: Mutex::new(None),
         });
         jobs.insert(key.clone(), job.clone());
         Some(job)

@@ -20,7 +20,7 @@ use super::{
 use crate::{
     events::Event,
     k8s::{
-        failure::{self, Failure, FailureKind, Timeouts, Tracker, Verdict},
+        failure::{self, Cause, Failure, FailureKind, Timeouts, Tracker, Verdict},
         job_spec::{self, StepSpec},
         pod_events::StuckPodJudge,
         watch::CreatedJob,
@@ -92,6 +92,7 @@ impl<'a> Supervisor<'a> {
                     reason: log.reason(),
                     container: Some(log.container),
                     kind: FailureKind::Infrastructure,
+                    cause: Cause::LogUnreadable,
                 },
             },
             (outcome, _) => outcome,

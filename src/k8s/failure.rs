@@ -52,6 +52,53 @@ pub struct Failure {
     /// A sentence a person can act on.
     pub reason: String,
     pub kind: FailureKind,
+    pub cause: Cause,
+}
+
+/// What made a job fail, as the fixed label of `kube_executor_job_outcomes_total` and the
+/// status page (the reason text is for people, and may quote a step's output).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cause {
+    StepFailed,
+    OomKilled,
+    Unschedulable,
+    ImagePull,
+    InvalidImage,
+    ContainerConfig,
+    Deadline,
+    Evicted,
+    NodeRejected,
+    Deleted,
+    JobFailed,
+    PodNotCreated,
+    PendingTimeout,
+    PodFailed,
+    LogUnreadable,
+    /// The workspace could not be prepared before any container ran (payload, files, objects).
+    Setup,
+}
+
+impl Cause {
+    pub fn label(self) -> &'static str {
+        match self {
+            Cause::StepFailed => "step_failed",
+            Cause::OomKilled => "oom_killed",
+            Cause::Unschedulable => "unschedulable",
+            Cause::ImagePull => "image_pull",
+            Cause::InvalidImage => "invalid_image",
+            Cause::ContainerConfig => "container_config",
+            Cause::Deadline => "deadline",
+            Cause::Evicted => "evicted",
+            Cause::NodeRejected => "node_rejected",
+            Cause::Deleted => "deleted",
+            Cause::JobFailed => "job_failed",
+            Cause::PodNotCreated => "pod_not_created",
+            Cause::PendingTimeout => "pending_timeout",
+            Cause::PodFailed => "pod_failed",
+            Cause::LogUnreadable => "log_unreadable",
+            Cause::Setup => "setup",
+        }
+    }
 }
 
 /// The state of a job's pod as far as the executor is concerned.
@@ -140,6 +187,7 @@ impl Tracker {
             Some(_) => self.job_seen = true,
             None if self.job_seen => {
                 return infrastructure(
+                    Cause::Deleted,
                     None,
                     "the Kubernetes Job was deleted before it finished".to_string(),
                 );
@@ -164,6 +212,7 @@ impl Tracker {
         }
         if pod.metadata.deletion_timestamp.is_some() {
             return infrastructure(
+                Cause::Deleted,
                 None,
                 "the job pod was deleted (by someone else, an eviction or a node drain) before it finished"
                     .to_string(),
@@ -189,16 +238,21 @@ impl Tracker {
     /// No pod (yet, or any more): a failed Job, a deleted pod, or the pod-creation timer.
     fn judge_without_pod(&mut self, clock: &mut Clock<'_>, job: Option<&Job>) -> Verdict {
         if let Some(reason) = job.and_then(job_failed_condition) {
-            return infrastructure(None, reason);
+            return infrastructure(Cause::JobFailed, None, reason);
         }
         if self.pod_uid.is_some() {
-            return infrastructure(None, "the job pod was deleted before it finished".to_string());
+            return infrastructure(
+                Cause::Deleted,
+                None,
+                "the job pod was deleted before it finished".to_string(),
+            );
         }
         let limit = clock.timeouts.pod_creation;
         let waited = clock.now.saturating_duration_since(self.job_created_at);
         if waited >= limit {
             let detail = job.and_then(job_condition_summary).unwrap_or_default();
             return infrastructure(
+                Cause::PodNotCreated,
                 None,
                 format!(
                     "no pod was created for the Job within {}{detail} (check ResourceQuota, LimitRange, \
@@ -218,6 +272,7 @@ impl Tracker {
             (None, Some(u)) => self.pod_uid = Some(u.clone()),
             (Some(first), Some(u)) if first != u => {
                 return Some(infrastructure(
+                    Cause::Deleted,
                     None,
                     "the job pod was deleted and replaced before it finished".to_string(),
                 ));
@@ -242,6 +297,7 @@ impl Tracker {
                 .map(autoscaler_note)
                 .unwrap_or_default();
             return Err(infrastructure(
+                Cause::Unschedulable,
                 None,
                 format!(
                     "the pod could not be scheduled within {}: {why}{autoscaler}",
@@ -279,6 +335,7 @@ impl Tracker {
                 Ok(true)
             }
             Some(autoscaler) => Err(infrastructure(
+                Cause::Unschedulable,
                 None,
                 format!(
                     "the pod could not be scheduled and no cluster autoscaler is adding a node for it \
@@ -307,6 +364,7 @@ impl Tracker {
             match reason {
                 "InvalidImageName" | "ErrImageNeverPull" => {
                     return Some(Verdict::Failed(Failure {
+                        cause: Cause::InvalidImage,
                         container: Some(cs.name.clone()),
                         reason: format!("image {:?} cannot be used ({reason}): {message}", cs.image),
                         kind: FailureKind::Permanent,
@@ -321,6 +379,7 @@ impl Tracker {
                     if self.timer(&format!("config/{}", cs.name), limit, clock).is_none() =>
                 {
                     return Some(infrastructure(
+                        Cause::ContainerConfig,
                         Some(cs.name.clone()),
                         format!("the container could not be started ({reason}): {message}"),
                     ));
@@ -357,6 +416,7 @@ impl Tracker {
             None => message,
         };
         Some(infrastructure(
+            Cause::ImagePull,
             Some(cs.name.clone()),
             format!(
                 "image {:?} could not be pulled within {} ({reason}): {runtime_message}",
@@ -382,6 +442,7 @@ impl Tracker {
             return None;
         }
         Some(infrastructure(
+            Cause::PendingTimeout,
             None,
             format!(
                 "the pod stayed Pending without starting a container for more than {}",
@@ -448,8 +509,9 @@ fn autoscaler_note(autoscaler: &Autoscaler) -> String {
     }
 }
 
-fn infrastructure(container: Option<String>, reason: String) -> Verdict {
+fn infrastructure(cause: Cause, container: Option<String>, reason: String) -> Verdict {
     Verdict::Failed(Failure {
+        cause,
         container,
         reason,
         kind: FailureKind::Infrastructure,
@@ -487,6 +549,7 @@ fn failed_pod(pod: &Pod) -> Failure {
         "DeadlineExceeded" => {
             let deadline = pod.spec.as_ref().and_then(|s| s.active_deadline_seconds);
             return Failure {
+                cause: Cause::Deadline,
                 container: running_container(pod),
                 reason: match deadline {
                     Some(s) => format!("the job exceeded its deadline of {s}s (KUBERNETES_JOB_DEADLINE)"),
@@ -497,6 +560,7 @@ fn failed_pod(pod: &Pod) -> Failure {
         }
         "Evicted" => {
             return Failure {
+                cause: Cause::Evicted,
                 container: running_container(pod),
                 reason: with_message("the pod was evicted".to_string()),
                 kind: FailureKind::Infrastructure,
@@ -506,6 +570,7 @@ fn failed_pod(pod: &Pod) -> Failure {
             // Kubelet admission failures (OutOfcpu, OutOfmemory, OutOfpods, NodeAffinity, ...):
             // the node refused the pod, typically because it was pinned with spec.nodeName.
             return Failure {
+                cause: Cause::NodeRejected,
                 container: None,
                 reason: with_message(format!("the node rejected the pod ({other})")),
                 kind: FailureKind::Infrastructure,
@@ -522,6 +587,7 @@ fn failed_pod(pod: &Pod) -> Failure {
         let reason = t.reason.as_deref().unwrap_or("");
         if reason == "OOMKilled" {
             return Failure {
+                cause: Cause::OomKilled,
                 container: Some(cs.name.clone()),
                 reason: format!(
                     "the container was killed because it ran out of memory (OOMKilled, exit code {}); \
@@ -533,6 +599,7 @@ fn failed_pod(pod: &Pod) -> Failure {
         }
         let detail = t.message.as_deref().map(str::trim).filter(|m| !m.is_empty());
         return Failure {
+            cause: Cause::StepFailed,
             container: Some(cs.name.clone()),
             reason: match detail {
                 Some(m) => format!("the step exited with code {}: {m}", t.exit_code),
@@ -542,6 +609,7 @@ fn failed_pod(pod: &Pod) -> Failure {
         };
     }
     Failure {
+        cause: Cause::PodFailed,
         container: running_container(pod),
         reason: with_message("the pod failed".to_string()),
         kind: FailureKind::Infrastructure,
