@@ -143,6 +143,21 @@ async fn metrics_parse_with_gos_parser_and_count_each_job() {
     let text = scrape(&executor).await;
     assert_go_parses("/metrics text", &text).await;
     let m = Exposition::parse(&text);
+    assert_jobs_counted(&m);
+    assert_calls_counted(&m);
+
+    let heartbeat = heartbeat_metrics_after(&env, heartbeats_so_far).await;
+    assert_go_parses("heartbeat's prometheusMetrics", &heartbeat).await;
+    let sent = Exposition::parse(&heartbeat);
+    sent.assert_type("src_executor_processor_total", "counter");
+    assert_eq!(
+        sent.value("src_executor_processor_total{op=\"Handle\",queue=\"batches\"}"),
+        3.0
+    );
+}
+
+/// The three jobs' handler runs and outcomes, with the families' types.
+fn assert_jobs_counted(m: &Exposition) {
     for (family, kind) in [
         ("src_executor_processor_total", "counter"),
         ("src_executor_processor_duration_seconds", "histogram"),
@@ -168,6 +183,10 @@ async fn metrics_parse_with_gos_parser_and_count_each_job() {
     assert_eq!(outcome("completed", "succeeded"), 1.0);
     assert_eq!(outcome("errored", "step_failed"), 1.0);
     assert_eq!(outcome("errored", "oom_killed"), 1.0);
+}
+
+/// The frontend calls, runtime operations and Kubernetes requests of the three jobs.
+fn assert_calls_counted(m: &Exposition) {
     let queue_calls = |op: &str| m.value(&format!("src_apiworker_apiclient_queue_total{{op=\"{op}\"}}"));
     assert_eq!(queue_calls("MarkComplete"), 1.0);
     assert_eq!(queue_calls("MarkErrored"), 2.0);
@@ -195,12 +214,6 @@ async fn metrics_parse_with_gos_parser_and_count_each_job() {
         m.value("kube_executor_pod_pending_seconds_count{queue=\"batches\"}"),
         3.0
     );
-
-    let heartbeat = heartbeat_metrics_after(&env, heartbeats_so_far).await;
-    assert_go_parses("heartbeat's prometheusMetrics", &heartbeat).await;
-    let sent = Exposition::parse(&heartbeat);
-    sent.assert_type("src_executor_processor_total", "counter");
-    assert_eq!(sent.value(&format!("src_executor_processor_total{handle}")), 3.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -68,21 +68,8 @@ async fn nfr_after_a_measurement(health: std::net::SocketAddr) -> serde_json::Va
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_status_page_shows_the_running_job_and_both_nfrs_in_a_browser() {
-    let env = Env::start().await;
-    let gate = Gate::new();
-    let scratch = Gate::new();
-    let id = env
-        .frontend
-        .enqueue(job(vec![step("wait", &[&gate.wait_cmd(), "echo released"])]));
-    let executor = env.spawn_executor(&[]);
-    let gate_file = gate.path("open").display().to_string();
-    env.wait_for_output("batches", id, &gate_file, TIMEOUT).await;
-    let nfr = nfr_after_a_measurement(executor.health).await;
-
-    let page_url = format!("http://{}/", executor.health);
-    let dom = chromium(&scratch.path("profile"), &page_url, &["--dump-dom"]).await;
+/// The running job's row, both NFR figures as `/nfr` gives them, the chart, and no password.
+fn assert_page_shows(dom: &str, id: i64, nfr: &serde_json::Value, token: &str) {
     // Steps are init containers, so the pod is Pending while they run, as Kubernetes reports it.
     let job_row = format!(
         "<tr class=\"running-job\"><td>{id}</td><td>batches</td><td>sg-executor-job-batches-{id}</td>\
@@ -101,16 +88,18 @@ async fn the_status_page_shows_the_running_job_and_both_nfrs_in_a_browser() {
     ] {
         assert!(dom.contains(&shown), "{shown:?} not on the page:\n{dom}");
     }
-    let token = env.frontend.access_token().unwrap_or("?");
     assert!(!dom.contains(token), "the frontend password is on the page");
+}
 
+/// Saves the page as the test's screenshot artifact.
+async fn save_screenshot(profile: &Path, page_url: &str) {
     let artifacts = Path::new(env!("CARGO_TARGET_TMPDIR")).join("artifacts");
     std::fs::create_dir_all(&artifacts).expect("artifact dir");
     let screenshot = artifacts.join("status-page.png");
     let _ = std::fs::remove_file(&screenshot);
     chromium(
-        &scratch.path("profile"),
-        &page_url,
+        profile,
+        page_url,
         &[
             &format!("--screenshot={}", screenshot.display()),
             "--window-size=1280,1100",
@@ -125,6 +114,26 @@ async fn the_status_page_shows_the_running_job_and_both_nfrs_in_a_browser() {
         screenshot.display(),
         png.len()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_status_page_shows_the_running_job_and_both_nfrs_in_a_browser() {
+    let env = Env::start().await;
+    let gate = Gate::new();
+    let scratch = Gate::new();
+    let id = env
+        .frontend
+        .enqueue(job(vec![step("wait", &[&gate.wait_cmd(), "echo released"])]));
+    let executor = env.spawn_executor(&[]);
+    let gate_file = gate.path("open").display().to_string();
+    env.wait_for_output("batches", id, &gate_file, TIMEOUT).await;
+    let nfr = nfr_after_a_measurement(executor.health).await;
+
+    let page_url = format!("http://{}/", executor.health);
+    let dom = chromium(&scratch.path("profile"), &page_url, &["--dump-dom"]).await;
+    assert_page_shows(&dom, id, &nfr, env.frontend.access_token().unwrap_or("?"));
+
+    save_screenshot(&scratch.path("profile"), &page_url).await;
 
     let instances = chromium(
         &scratch.path("profile"),

@@ -119,6 +119,22 @@ fn validate_file_path(path: &str) -> Result<(), Error> {
     Ok(())
 }
 
+/// Creates the parent directories of `at`, then runs `write` (a file or a link for `path`).
+async fn write_entry(
+    path: &str,
+    at: &FsPath,
+    write: impl std::future::Future<Output = std::io::Result<()>>,
+) -> Result<(), Error> {
+    let failed = |source| Error::WriteRepoFile {
+        path: path.to_owned(),
+        source,
+    };
+    if let Some(parent) = at.parent() {
+        tokio::fs::create_dir_all(parent).await.map_err(failed)?;
+    }
+    write.await.map_err(failed)
+}
+
 /// Commits `files` and the symbolic `links` (path → target) in a fresh work tree and
 /// force-pushes the commit to `main` of the bare repository `<root>/<name>.git` (created on
 /// first use). Returns the commit SHA.
@@ -138,37 +154,11 @@ pub(crate) async fn create_repo(
     run_git(&["init", "-q", "-b", "main", &work_path], None).await?;
     for (path, content) in files {
         let target = work.path().join(path);
-        if let Some(parent) = target.parent() {
-            tokio::fs::create_dir_all(parent)
-                .await
-                .map_err(|source| Error::WriteRepoFile {
-                    path: path.clone(),
-                    source,
-                })?;
-        }
-        tokio::fs::write(&target, content)
-            .await
-            .map_err(|source| Error::WriteRepoFile {
-                path: path.clone(),
-                source,
-            })?;
+        write_entry(path, &target, tokio::fs::write(&target, content)).await?;
     }
-    for (path, target) in links {
+    for (path, link_target) in links {
         let link = work.path().join(path);
-        if let Some(parent) = link.parent() {
-            tokio::fs::create_dir_all(parent)
-                .await
-                .map_err(|source| Error::WriteRepoFile {
-                    path: path.clone(),
-                    source,
-                })?;
-        }
-        tokio::fs::symlink(target, &link)
-            .await
-            .map_err(|source| Error::WriteRepoFile {
-                path: path.clone(),
-                source,
-            })?;
+        write_entry(path, &link, tokio::fs::symlink(link_target, &link)).await?;
     }
     run_git(&["add", "-A"], Some(work.path())).await?;
     run_git(
