@@ -108,6 +108,9 @@ pub async fn kube_client(config: &Config, metrics: &Metrics) -> Result<kube::Cli
         .build())
 }
 
+/// How long the background tasks (watches, heartbeats, health server) get to stop at exit.
+const BACKGROUND_STOP_LIMIT: std::time::Duration = std::time::Duration::from_secs(6);
+
 /// Runs the executor until `shutdown` has drained it (or EXECUTOR_NUM_TOTAL_JOBS /
 /// EXECUTOR_MAX_ACTIVE_TIME end it).
 ///
@@ -140,7 +143,14 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), RunError> {
     let result = executor.serve(&background, &shutdown).await;
     background.stop.cancel();
     background.tasks.close();
-    background.tasks.wait().await;
+    // The health server gives requests 5 s; a watch or heartbeat stuck on an unreachable peer
+    // must not hold the exit.
+    if tokio::time::timeout(BACKGROUND_STOP_LIMIT, background.tasks.wait())
+        .await
+        .is_err()
+    {
+        warn!("background tasks did not stop in time; exiting anyway");
+    }
     info!("executor stopped");
     result
 }

@@ -40,7 +40,10 @@ fn main() -> ExitCode {
     };
     let shutdown = Shutdown::default();
     runtime.spawn(handle_signals(shutdown.clone()));
-    match runtime.block_on(kube_executor::run(config, shutdown)) {
+    let result = runtime.block_on(kube_executor::run(config, shutdown));
+    // Blocking work still running (a DNS lookup to an unreachable resolver) must not hold the exit.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(RunError::InterruptedAtStartup) => {
             tracing::warn!("stopped before the frontend answered");
@@ -55,7 +58,7 @@ fn main() -> ExitCode {
 }
 
 /// First SIGTERM/SIGINT/SIGHUP drains (no new jobs, running ones finish); a second one stops
-/// running jobs at once.
+/// running jobs at once (the exit then follows within a bounded time); a third exits on the spot.
 async fn handle_signals(shutdown: Shutdown) {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
@@ -75,10 +78,12 @@ async fn handle_signals(shutdown: Shutdown) {
         if n == 0 {
             tracing::info!("signal received: no new jobs; running jobs may finish (send again to stop them)");
             shutdown.drain.cancel();
-        } else {
-            tracing::info!("second signal: stopping running jobs");
+        } else if n == 1 {
+            tracing::info!("second signal: stopping running jobs (send again to exit at once)");
             shutdown.force.cancel();
-            return;
+        } else {
+            tracing::warn!("third signal: exiting without waiting for running jobs");
+            std::process::exit(1);
         }
     }
 }

@@ -357,7 +357,13 @@ fn error_backoff(base: Duration, consecutive: u32) -> Duration {
     crate::retry::dequeue_errors(base).delay_after(consecutive)
 }
 
-/// Waits for running jobs after a drain: up to the grace period, then stops them (force).
+/// How long stopped jobs get to tear down and report after the force, whatever is unreachable.
+/// What they could not delete is left to `ttlSecondsAfterFinished`, the ownerReferences and the
+/// next start's sweep; what they could not report, the frontend's resetter re-queues.
+pub const FORCED_STOP_LIMIT: Duration = Duration::from_secs(10);
+
+/// Waits for running jobs after a drain: up to the grace period, then stops them (force) and
+/// gives them [`FORCED_STOP_LIMIT`] to wind down.
 pub async fn drain_jobs(jobs: &TaskTracker, shutdown: &Shutdown, grace: Duration, registry: &Registry) {
     jobs.close();
     if !registry.is_empty() {
@@ -376,7 +382,18 @@ pub async fn drain_jobs(jobs: &TaskTracker, shutdown: &Shutdown, grace: Duration
         job.stop(StopReason::Shutdown);
     }
     shutdown.force.cancel();
-    jobs.wait().await;
+    if tokio::time::timeout(FORCED_STOP_LIMIT, jobs.wait())
+        .await
+        .is_err()
+    {
+        warn!(
+            left = registry.len(),
+            limit_s = FORCED_STOP_LIMIT.as_secs(),
+            "stopped jobs did not wind down in time (the API server or the frontend may be \
+             unreachable); exiting anyway: their objects go with their TTL, ownerReferences and the \
+             next start's sweep"
+        );
+    }
 }
 
 #[cfg(test)]

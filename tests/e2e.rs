@@ -373,6 +373,64 @@ async fn shutdown_grace_period_over_stops_and_requeues_running_jobs() {
     env.wait_no_objects(Duration::from_secs(30)).await;
 }
 
+/// Waits until the executor's log has a line containing `text`; the log is a file the test can
+/// only re-read.
+async fn wait_for_log_line(executor: &support::Executor, text: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !executor.log_text().contains(text) {
+        assert!(
+            Instant::now() < deadline,
+            "no log line {text:?}:\n{}",
+            executor.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Sends `signal` to process `pid` (through `kill`, keeping the tests free of unsafe code).
+fn signal_process(pid: u32, signal: &str) {
+    let status = std::process::Command::new("kill")
+        .args([signal, &pid.to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill {signal} {pid} failed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_signal_ends_the_executor_promptly_with_the_api_server_and_frontend_gone() {
+    let env = Env::start().await;
+    let gate = Gate::new();
+    let id = env
+        .frontend
+        .enqueue(job(vec![step("gated", &["echo running", &gate.wait_cmd()])]));
+    let mut executor = env.spawn_executor(&[]);
+    env.wait_for_output("batches", id, "stdout: running", JOB_TIMEOUT)
+        .await;
+    // A frozen API server accepts connections and never answers: the worst case for teardown.
+    let api_server = env.cluster.api_server_pid().expect("the API server runs");
+    signal_process(api_server, "-STOP");
+    env.frontend.shutdown();
+    executor.signal(15);
+    // Two signals sent back to back can reach the handler as one: send the second once the
+    // first was taken.
+    wait_for_log_line(&executor, "signal received: no new jobs").await;
+    executor.signal(15);
+    let stopped = Instant::now();
+    let status = executor.wait_exit(Duration::from_secs(60)).await;
+    let took = stopped.elapsed();
+    signal_process(api_server, "-CONT");
+    assert!(
+        status.code().is_some(),
+        "exited by itself, not by a signal: {status:?}"
+    );
+    // FORCED_STOP_LIMIT (10 s) for the jobs, then at most 6 s for the background tasks.
+    assert!(
+        took < Duration::from_secs(25),
+        "took {took:?} to exit after the second signal"
+    );
+    println!("exit {took:?} after the second signal with the API server and frontend gone");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn node_name_pinning_lands_on_the_named_node_in_both_modes() {
     let env = Env::start_with(

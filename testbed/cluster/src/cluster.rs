@@ -261,6 +261,15 @@ impl TestCluster {
         self.node_names.clone()
     }
 
+    /// Process id of the kube-apiserver, for tests that make it unreachable (SIGSTOP/SIGCONT).
+    pub fn api_server_pid(&self) -> Option<u32> {
+        self.running
+            .components
+            .iter()
+            .find(|component| component.name == API_SERVER)
+            .map(Component::pid)
+    }
+
     /// Process ids of the cluster's components (etcd, control plane, node agent).
     pub fn process_ids(&self) -> Vec<u32> {
         self.running.components.iter().map(Component::pid).collect()
