@@ -228,7 +228,7 @@ nodeSelector:
     assert!(
         events
             .1
-            .contains("kube_executor_events_total{queue=\"batches\",event=\"job_succeeded\"} 1"),
+            .contains("kube_executor_events_total{event=\"job_succeeded\"} 1"),
         "{}",
         events.1
     );
