@@ -136,6 +136,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), RunError> {
         executor = %executor.deps.executor_name,
         instance = %executor.deps.config.instance_id,
         namespace = %executor.deps.config.kubernetes.namespace,
+        namespace_from = executor.deps.config.kubernetes.namespace_source.describe(),
         health = %health_addr,
         version = telemetry::BUILD_VERSION,
         "executor starting"

@@ -474,6 +474,15 @@ impl Families {
             .build_info
             .with_label_values(&[crate::telemetry::BUILD_VERSION, reported_version])
             .set(1);
+        // Series that exist from the start show 0 instead of being absent until first used, so
+        // rates and dashboards work before the first job.
+        let handle = [queue_label, "Handle"];
+        families.processor_total.with_label_values(&handle);
+        families.processor_errors.with_label_values(&handle);
+        families.processor_handlers.with_label_values(&[queue_label]);
+        for event in Event::ALL {
+            families.events.with_label_values(&[event.label()]);
+        }
         Ok(families)
     }
 }
@@ -560,6 +569,18 @@ mod tests {
             assert!(text.contains(expected), "{expected:?} missing from:\n{text}");
         }
         assert!(!text.contains("# EOF"), "OpenMetrics, not 0.0.4:\n{text}");
+        let fresh = Metrics::new("batches", "6.0.0").expect("valid definitions");
+        let text = fresh.render(1, 0, &nfr.snapshot(now));
+        for expected in [
+            "src_executor_processor_total{op=\"Handle\",queue=\"batches\"} 0\n",
+            "src_executor_processor_handlers{queue=\"batches\"} 0\n",
+            "kube_executor_events_total{event=\"job_succeeded\"} 0\n",
+        ] {
+            assert!(
+                text.contains(expected),
+                "{expected:?} missing before any job:\n{text}"
+            );
+        }
         assert_eq!(metrics.event_counts(), [("job_dequeued", 1)]);
     }
 }

@@ -12,7 +12,7 @@ use k8s_openapi::{
 };
 
 use super::{
-    Config, KubernetesConfig, LogFormat, NodePinning, QueueSelection, VolumeType,
+    Config, KubernetesConfig, LogFormat, NamespaceSource, NodePinning, QueueSelection, VolumeType,
     parser::{DNS_SUBDOMAIN_RULE, Env, MAX_ID, Parser, U32_MAX, Var},
     quantity::quantity_value,
 };
@@ -92,16 +92,29 @@ const LIMIT_CPU: &str = "EXECUTOR_KUBERNETES_RESOURCE_LIMIT_CPU";
 const REQUEST_MEMORY: &str = "EXECUTOR_KUBERNETES_RESOURCE_REQUEST_MEMORY";
 const LIMIT_MEMORY: &str = "EXECUTOR_KUBERNETES_RESOURCE_LIMIT_MEMORY";
 
+/// EXECUTOR_KUBERNETES_NAMESPACE, else the pod's own namespace from POD_NAMESPACE (whose own
+/// check reports a bad value), else `default` (the service account's file is read by
+/// [`super::Config::from_env`]).
+fn job_namespace(env: &Env, p: &mut Parser<'_>) -> (String, NamespaceSource) {
+    if let Some(namespace) = p.dns_label(env.var("EXECUTOR_KUBERNETES_NAMESPACE")) {
+        return (namespace, NamespaceSource::Variable);
+    }
+    match env.value("POD_NAMESPACE").filter(|ns| labels::is_dns_label(ns)) {
+        Some(namespace) => (namespace.to_string(), NamespaceSource::PodNamespace),
+        None => ("default".to_string(), NamespaceSource::Default),
+    }
+}
+
 fn kubernetes(env: &Env, p: &mut Parser<'_>) -> KubernetesConfig {
     let (request_cpu, limit_cpu) = request_and_limit(env, p, REQUEST_CPU, LIMIT_CPU);
     let (request_memory, limit_memory) = request_and_limit(env, p, REQUEST_MEMORY, LIMIT_MEMORY);
     let keep_jobs = p.bool(env.var("KUBERNETES_KEEP_JOBS"));
     let ttl = p.int_as::<i32>(env.var("KUBERNETES_JOB_TTL_SECONDS_AFTER_FINISHED"), 0, MAX_ID);
+    let (namespace, namespace_source) = job_namespace(env, p);
     KubernetesConfig {
         config_path: p.string(env.var("EXECUTOR_KUBERNETES_CONFIG_PATH")),
-        namespace: p
-            .dns_label(env.var("EXECUTOR_KUBERNETES_NAMESPACE"))
-            .unwrap_or_default(),
+        namespace: namespace.clone(),
+        namespace_source,
         node_name: p.dns_subdomain(env.var("EXECUTOR_KUBERNETES_NODE_NAME")),
         node_pinning: node_pinning(p, env.var("EXECUTOR_KUBERNETES_NODE_PINNING")),
         node_selector: node_selector(p, env.var("EXECUTOR_KUBERNETES_NODE_SELECTOR")),

@@ -154,8 +154,8 @@ pub const VARIABLES: &[Variable] = &[
     ),
     var(
         "EXECUTOR_KUBERNETES_NAMESPACE",
-        "default",
-        "Namespace of the Jobs, Secrets and volume claims this executor creates.",
+        "",
+        "Namespace of the Jobs, Secrets and volume claims this executor creates; unset: the executor's own pod's namespace (POD_NAMESPACE, else its service account's), outside a pod default.",
     ),
     var(
         "EXECUTOR_KUBERNETES_NODE_NAME",

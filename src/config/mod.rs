@@ -12,7 +12,7 @@ pub mod duration;
 mod parser;
 mod quantity;
 
-use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
+use std::{collections::BTreeMap, net::SocketAddr, path::Path, time::Duration};
 
 use k8s_openapi::{
     api::core::v1::{NodeSelectorRequirement, PodAffinityTerm, Toleration, Volume, VolumeMount},
@@ -127,8 +127,10 @@ pub struct Config {
 pub struct KubernetesConfig {
     /// `EXECUTOR_KUBERNETES_CONFIG_PATH`; `None` = `$HOME/.kube/config`, then in-cluster.
     pub config_path: Option<String>,
-    /// `EXECUTOR_KUBERNETES_NAMESPACE` (default `default`).
+    /// `EXECUTOR_KUBERNETES_NAMESPACE`, else the pod's own namespace, else `default`.
     pub namespace: String,
+    /// Where [`Self::namespace`] came from; the executor logs it at startup.
+    pub namespace_source: NamespaceSource,
     /// `EXECUTOR_KUBERNETES_NODE_NAME`.
     pub node_name: Option<String>,
     /// `EXECUTOR_KUBERNETES_NODE_PINNING` (default affinity).
@@ -218,7 +220,8 @@ impl Config {
             .unwrap_or(&self.kubernetes.namespace)
     }
 
-    /// Reads the configuration from the process environment.
+    /// Reads the configuration from the process environment, and the service account's
+    /// namespace file when neither EXECUTOR_KUBERNETES_NAMESPACE nor POD_NAMESPACE names one.
     ///
     /// # Errors
     /// Every problem found, see [`Config::from_vars`]; also variables whose value is not UTF-8.
@@ -233,7 +236,14 @@ impl Config {
                 Err(_) => parser::non_utf8_problem(&name, &mut problems),
             }
         }
-        parse(vars, problems)
+        let mut config = parse(vars, problems)?;
+        if config.kubernetes.namespace_source == NamespaceSource::Default
+            && let Some(namespace) = service_account_namespace(Path::new(SERVICE_ACCOUNT_NAMESPACE_FILE))
+        {
+            config.kubernetes.namespace = namespace;
+            config.kubernetes.namespace_source = NamespaceSource::ServiceAccount;
+        }
+        Ok(config)
     }
 
     /// Reads the configuration from `(name, value)` pairs.
@@ -248,6 +258,39 @@ impl Config {
     }
 }
 
+/// The namespace file every pod's service account volume carries.
+const SERVICE_ACCOUNT_NAMESPACE_FILE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/namespace";
+
+/// Where the namespace of the executor's objects came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NamespaceSource {
+    /// EXECUTOR_KUBERNETES_NAMESPACE.
+    Variable,
+    /// POD_NAMESPACE (Downward API).
+    PodNamespace,
+    /// The service account's namespace file: the executor runs in a pod.
+    ServiceAccount,
+    /// None of them: `default`.
+    Default,
+}
+
+impl NamespaceSource {
+    pub fn describe(self) -> &'static str {
+        match self {
+            Self::Variable => "EXECUTOR_KUBERNETES_NAMESPACE",
+            Self::PodNamespace => "POD_NAMESPACE (the executor's own pod)",
+            Self::ServiceAccount => "the service account's namespace (the executor's own pod)",
+            Self::Default => "the default: no variable names one and the executor is not in a pod",
+        }
+    }
+}
+
+/// The namespace in `file`, when it holds a valid one.
+fn service_account_namespace(file: &Path) -> Option<String> {
+    let namespace = std::fs::read_to_string(file).ok()?.trim().to_string();
+    crate::k8s::labels::is_dns_label(&namespace).then_some(namespace)
+}
+
 /// `problems` are those found before parsing (non-UTF-8 values); the result carries them all.
 fn parse(
     vars: impl IntoIterator<Item = (String, String)>,
@@ -258,4 +301,53 @@ fn parse(
     let config = build::config(&env, &mut parser);
     parser.finish(env.value("EXECUTOR_FRONTEND_PASSWORD"))?;
     Ok(config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        let required = [
+            ("EXECUTOR_FRONTEND_URL", "https://sg.example.com"),
+            ("EXECUTOR_FRONTEND_PASSWORD", "hunter2-hunter2"),
+            ("EXECUTOR_QUEUE_NAME", "batches"),
+        ];
+        required
+            .iter()
+            .chain(pairs)
+            .map(|(name, value)| ((*name).to_string(), (*value).to_string()))
+            .collect()
+    }
+
+    fn namespace(pairs: &[(&str, &str)]) -> (String, NamespaceSource) {
+        let config = Config::from_vars(vars(pairs)).expect("valid configuration");
+        (config.kubernetes.namespace, config.kubernetes.namespace_source)
+    }
+
+    #[test]
+    fn the_namespace_is_the_variable_else_the_pods_own_else_default() {
+        assert_eq!(
+            namespace(&[("EXECUTOR_KUBERNETES_NAMESPACE", "jobs"), ("POD_NAMESPACE", "sg")]),
+            ("jobs".to_string(), NamespaceSource::Variable)
+        );
+        assert_eq!(
+            namespace(&[("EXECUTOR_KUBERNETES_NAMESPACE", ""), ("POD_NAMESPACE", "sg")]),
+            ("sg".to_string(), NamespaceSource::PodNamespace)
+        );
+        assert_eq!(namespace(&[]), ("default".to_string(), NamespaceSource::Default));
+    }
+
+    #[test]
+    fn the_service_account_namespace_file_is_read_only_when_valid() {
+        let dir = std::env::temp_dir().join(format!("ke-sa-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let file = dir.join("namespace");
+        std::fs::write(&file, "sourcegraph\n").expect("write");
+        assert_eq!(service_account_namespace(&file).as_deref(), Some("sourcegraph"));
+        std::fs::write(&file, "Not A Namespace").expect("write");
+        assert_eq!(service_account_namespace(&file), None);
+        assert_eq!(service_account_namespace(&dir.join("missing")), None);
+        std::fs::remove_dir_all(&dir).expect("clean up");
+    }
 }

@@ -23,6 +23,7 @@ fn test_config() -> KubernetesConfig {
     KubernetesConfig {
         config_path: None,
         namespace: "sg-executors".into(),
+        namespace_source: crate::config::NamespaceSource::Variable,
         node_name: None,
         node_pinning: NodePinning::Affinity,
         node_selector: BTreeMap::new(),
