@@ -7,15 +7,16 @@ use std::collections::BTreeSet;
 use kube_executor::config::VARIABLES;
 
 /// Older names read only as fallbacks, HOSTNAME (set by the container runtime) and POD_NAME /
-/// POD_NAMESPACE (set per pod through the Downward API): documented in the README but deliberately
-/// not in the example env file or the rendered ConfigMaps.
-const NOT_IN_ENV_FILE: [&str; 6] = [
+/// POD_NAMESPACE / POD_UID (set per pod through the Downward API): documented in the README but
+/// deliberately not in the example env file or the rendered ConfigMaps.
+const NOT_IN_ENV_FILE: [&str; 7] = [
     "EXECUTOR_FIRECRACKER_NUM_CPUS",
     "EXECUTOR_FIRECRACKER_MEMORY",
     "KUBERNETES_SINGLE_JOB_STEP_IMAGE",
     "HOSTNAME",
     "POD_NAME",
     "POD_NAMESPACE",
+    "POD_UID",
 ];
 
 const START: &str = "<!-- variables:start -->";

@@ -109,6 +109,64 @@ async fn a_pod_deleted_by_someone_else_fails_the_job_at_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_the_executors_pod_garbage_collects_its_jobs() {
+    let env = Env::start().await;
+    // The executor runs as a host process here; this pod stands in for its own (Downward API).
+    let stand_in: k8s_openapi::api::core::v1::Pod = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "executor-stand-in"},
+        "spec": {
+            "restartPolicy": "Never",
+            "containers": [{"name": "idle", "image": "alpine:3", "command": ["/bin/sh", "-c", "exit 0"]}]
+        }
+    }))
+    .expect("pod fixture");
+    let stand_in = env
+        .pods_api()
+        .create(&kube::api::PostParams::default(), &stand_in)
+        .await
+        .expect("create the stand-in pod");
+    let uid = stand_in.metadata.uid.clone().expect("a uid");
+    let gate = Gate::new();
+    let id = env
+        .frontend
+        .enqueue(job(vec![step("owned", &["echo alive", &gate.wait_cmd()])]));
+    let _executor = env.spawn_executor(&[
+        ("POD_NAME", "executor-stand-in"),
+        ("POD_NAMESPACE", "default"),
+        ("POD_UID", &uid),
+    ]);
+    env.wait_for_output("batches", id, "stdout: alive", TIMEOUT).await;
+    let jobs = env
+        .jobs_api()
+        .list(&ListParams::default().labels(&format!("kube-executor.io/job-id={id}")))
+        .await
+        .expect("list Jobs");
+    let owners = jobs.items[0]
+        .metadata
+        .owner_references
+        .clone()
+        .unwrap_or_default();
+    assert!(
+        owners.iter().any(|o| o.kind == "Pod" && o.uid == uid),
+        "the Job is owned by the executor's pod: {owners:?}"
+    );
+    env.pods_api()
+        .delete("executor-stand-in", &DeleteParams::default())
+        .await
+        .expect("delete the executor's pod, as a scale-down would");
+    // The garbage collector deletes the Job (and with it the pod and the Secret); the running
+    // executor sees its Job go.
+    let record = env.wait_terminal(id, Duration::from_secs(90)).await;
+    assert_eq!(record.state, JobState::Errored, "{record:#?}");
+    assert!(
+        error_of(&record).contains("the Kubernetes Job was deleted before it finished"),
+        "{}",
+        error_of(&record)
+    );
+    env.wait_no_objects(Duration::from_secs(60)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unschedulable_job_with_no_autoscaler_fails_after_the_short_wait_with_the_schedulers_message() {
     let env = Env::start().await;
     let id = env.frontend.enqueue(job(vec![step("never", &["echo never"])]));

@@ -12,7 +12,7 @@ use k8s_openapi::{
 };
 
 use super::{
-    Config, KubernetesConfig, LogFormat, NamespaceSource, NodePinning, QueueSelection, VolumeType,
+    Config, KubernetesConfig, LogFormat, NamespaceSource, NodePinning, OwnerPod, QueueSelection, VolumeType,
     parser::{DNS_SUBDOMAIN_RULE, Env, MAX_ID, Parser, U32_MAX, Var},
     quantity::quantity_value,
 };
@@ -87,6 +87,18 @@ pub(super) fn config(env: &Env, p: &mut Parser<'_>) -> Config {
     }
 }
 
+/// The executor's pod as the owner of its Jobs, when it is known and in the jobs' namespace.
+fn owner_pod(env: &Env, p: &mut Parser<'_>, job_namespace: &str) -> Option<OwnerPod> {
+    let uid = p.string(env.var("POD_UID"))?;
+    let name = env
+        .value("POD_NAME")
+        .filter(|name| labels::is_dns_subdomain(name))?;
+    (env.value("POD_NAMESPACE") == Some(job_namespace)).then(|| OwnerPod {
+        name: name.to_string(),
+        uid,
+    })
+}
+
 const REQUEST_CPU: &str = "EXECUTOR_KUBERNETES_RESOURCE_REQUEST_CPU";
 const LIMIT_CPU: &str = "EXECUTOR_KUBERNETES_RESOURCE_LIMIT_CPU";
 const REQUEST_MEMORY: &str = "EXECUTOR_KUBERNETES_RESOURCE_REQUEST_MEMORY";
@@ -111,7 +123,9 @@ fn kubernetes(env: &Env, p: &mut Parser<'_>) -> KubernetesConfig {
     let keep_jobs = p.bool(env.var("KUBERNETES_KEEP_JOBS"));
     let ttl = p.int_as::<i32>(env.var("KUBERNETES_JOB_TTL_SECONDS_AFTER_FINISHED"), 0, MAX_ID);
     let (namespace, namespace_source) = job_namespace(env, p);
+    let owner_pod = owner_pod(env, p, &namespace);
     KubernetesConfig {
+        owner_pod,
         config_path: p.string(env.var("EXECUTOR_KUBERNETES_CONFIG_PATH")),
         namespace: namespace.clone(),
         namespace_source,
@@ -880,6 +894,7 @@ mod tests {
             ("EXECUTOR_RECOMMENDED_ULIMIT_NPROC", "512"),
             ("POD_NAME", "executor-7d9f8-abcde"),
             ("POD_NAMESPACE", "sourcegraph-executors"),
+            ("POD_UID", "5f1c0de1-aaaa-bbbb-cccc-0123456789ab"),
         ]
     }
 

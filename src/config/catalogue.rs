@@ -388,6 +388,11 @@ pub const VARIABLES: &[Variable] = &[
         "Name of the executor's own pod (Downward API metadata.name); when set, its container restarts count on /nfr.",
     ),
     var(
+        "POD_UID",
+        "",
+        "UID of the executor's own pod (Downward API metadata.uid); with POD_NAME and POD_NAMESPACE equal to the jobs' namespace, every Job is owned by that pod, so deleting the pod garbage-collects its Jobs.",
+    ),
+    var(
         "POD_NAMESPACE",
         "",
         "Namespace of the executor's own pod (Downward API metadata.namespace); unset = EXECUTOR_KUBERNETES_NAMESPACE.",

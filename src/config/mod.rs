@@ -135,6 +135,10 @@ pub struct KubernetesConfig {
     pub node_name: Option<String>,
     /// `EXECUTOR_KUBERNETES_NODE_PINNING` (default affinity).
     pub node_pinning: NodePinning,
+    /// The executor's own pod, which owns every Job; `None` unless POD_NAME, POD_UID and
+    /// POD_NAMESPACE are set and the pod is in the jobs' namespace (an owner in another namespace
+    /// would make the garbage collector delete the Jobs at once).
+    pub owner_pod: Option<OwnerPod>,
     /// `EXECUTOR_KUBERNETES_NODE_SELECTOR` (`k1=v1,k2=v2`).
     pub node_selector: BTreeMap<String, String>,
     /// `EXECUTOR_KUBERNETES_NODE_REQUIRED_AFFINITY_MATCH_EXPRESSIONS` (JSON).
@@ -258,6 +262,13 @@ impl Config {
     }
 }
 
+/// A pod that owns the Jobs: its name and UID.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OwnerPod {
+    pub name: String,
+    pub uid: String,
+}
+
 /// The namespace file every pod's service account volume carries.
 const SERVICE_ACCOUNT_NAMESPACE_FILE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/namespace";
 
@@ -336,6 +347,44 @@ mod tests {
             ("sg".to_string(), NamespaceSource::PodNamespace)
         );
         assert_eq!(namespace(&[]), ("default".to_string(), NamespaceSource::Default));
+    }
+
+    #[test]
+    fn the_executor_pod_owns_the_jobs_only_when_known_and_in_their_namespace() {
+        let owner = |pairs: &[(&str, &str)]| {
+            Config::from_vars(vars(pairs))
+                .expect("valid configuration")
+                .kubernetes
+                .owner_pod
+        };
+        let pod = [("POD_NAME", "executor-0"), ("POD_UID", "1b2c-uid")];
+        let same = [
+            pod.as_slice(),
+            &[("POD_NAMESPACE", "sg"), ("EXECUTOR_KUBERNETES_NAMESPACE", "sg")],
+        ]
+        .concat();
+        assert_eq!(
+            owner(&same),
+            Some(OwnerPod {
+                name: "executor-0".into(),
+                uid: "1b2c-uid".into()
+            })
+        );
+        let elsewhere = [
+            pod.as_slice(),
+            &[("POD_NAMESPACE", "sg"), ("EXECUTOR_KUBERNETES_NAMESPACE", "jobs")],
+        ]
+        .concat();
+        assert_eq!(
+            owner(&elsewhere),
+            None,
+            "an owner in another namespace would delete the Jobs"
+        );
+        assert_eq!(owner(&pod), None, "the pod's namespace must be known");
+        assert_eq!(
+            owner(&[("POD_NAME", "executor-0"), ("POD_NAMESPACE", "default")]),
+            None
+        );
     }
 
     #[test]

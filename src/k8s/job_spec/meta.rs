@@ -10,7 +10,7 @@ use k8s_openapi::{
             VolumeResourceRequirements,
         },
     },
-    apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference},
 };
 
 use super::{JobContext, SAFE_TO_EVICT_ANNOTATION, labels};
@@ -38,8 +38,21 @@ impl<'a> JobMeta<'a> {
     pub(super) fn job(&self, pod_spec: PodSpec) -> KubeJob {
         let mut job_annotations = self.cfg.job_annotations.clone();
         job_annotations.extend(self.executor_annotation());
+        let mut metadata = self.object(self.name.clone(), job_annotations);
+        metadata.owner_references = self.cfg.owner_pod.as_ref().map(|pod| {
+            vec![OwnerReference {
+                api_version: "v1".into(),
+                kind: "Pod".into(),
+                name: pod.name.clone(),
+                uid: pod.uid.clone(),
+                // Not the controller (the Job controller runs it), and no blocking: that needs
+                // permission to update the pod's finalizers.
+                controller: Some(false),
+                block_owner_deletion: Some(false),
+            }]
+        });
         KubeJob {
-            metadata: self.object(self.name.clone(), job_annotations),
+            metadata,
             spec: Some(JobSpec {
                 // A retry would start over on a workspace the failed attempt already changed.
                 backoff_limit: Some(0),

@@ -24,6 +24,7 @@ fn test_config() -> KubernetesConfig {
         config_path: None,
         namespace: "sg-executors".into(),
         namespace_source: crate::config::NamespaceSource::Variable,
+        owner_pod: None,
         node_name: None,
         node_pinning: NodePinning::Affinity,
         node_selector: BTreeMap::new(),
@@ -330,6 +331,34 @@ fn no_secret_value_appears_in_the_job_object() {
         keys,
         ["setup.sh", "file.0", "file.1", "file.2", "file.3"],
         "token and env values are not files"
+    );
+}
+
+#[test]
+fn the_job_is_owned_by_the_executor_pod_when_it_is_known() {
+    let mut cfg = test_config();
+    let plain = build(&batches_job(), &[], &cfg).expect("buildable");
+    assert_eq!(plain.job.metadata.owner_references, None);
+    cfg.owner_pod = Some(crate::config::OwnerPod {
+        name: "executor-0".into(),
+        uid: "1b2c-uid".into(),
+    });
+    let owned = build(&batches_job(), &[], &cfg).expect("buildable");
+    let owners = owned.job.metadata.owner_references.expect("an owner");
+    assert_eq!(owners.len(), 1);
+    let owner = &owners[0];
+    assert_eq!(
+        (
+            owner.api_version.as_str(),
+            owner.kind.as_str(),
+            owner.name.as_str(),
+            owner.uid.as_str()
+        ),
+        ("v1", "Pod", "executor-0", "1b2c-uid")
+    );
+    assert_eq!(
+        (owner.controller, owner.block_owner_deletion),
+        (Some(false), Some(false))
     );
 }
 
