@@ -126,6 +126,12 @@ fn kubernetes(env: &Env, p: &mut Parser<'_>) -> KubernetesConfig {
     let owner_pod = owner_pod(env, p, &namespace);
     KubernetesConfig {
         owner_pod,
+        client_qps: p
+            .int_as(env.var("EXECUTOR_KUBERNETES_CLIENT_QPS"), 1, U32_MAX)
+            .unwrap_or(50),
+        client_burst: p
+            .int_as(env.var("EXECUTOR_KUBERNETES_CLIENT_BURST"), 1, U32_MAX)
+            .unwrap_or(100),
         config_path: p.string(env.var("EXECUTOR_KUBERNETES_CONFIG_PATH")),
         namespace: namespace.clone(),
         namespace_source,
@@ -820,6 +826,8 @@ mod tests {
             ("HOSTNAME", "executor-pod-1"),
             ("EXECUTOR_KUBERNETES_CONFIG_PATH", "/etc/kube/config"),
             ("EXECUTOR_KUBERNETES_NAMESPACE", "sourcegraph"),
+            ("EXECUTOR_KUBERNETES_CLIENT_QPS", "20"),
+            ("EXECUTOR_KUBERNETES_CLIENT_BURST", "40"),
             ("EXECUTOR_KUBERNETES_NODE_NAME", "node-a.example"),
             ("EXECUTOR_KUBERNETES_NODE_SELECTOR", "disk=ssd,zone=a"),
             (
@@ -956,6 +964,7 @@ mod tests {
 
         let k = &config.kubernetes;
         assert_eq!(k.config_path.as_deref(), Some("/etc/kube/config"));
+        assert_eq!((k.client_qps, k.client_burst), (20, 40));
         assert_eq!(k.namespace, "sourcegraph");
         assert_eq!(k.node_name.as_deref(), Some("node-a.example"));
         assert_eq!(k.node_pinning, NodePinning::NodeName);

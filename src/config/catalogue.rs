@@ -153,6 +153,16 @@ pub const VARIABLES: &[Variable] = &[
         "Kubeconfig file to use; when unset, $HOME/.kube/config, then the in-cluster service account.",
     ),
     var(
+        "EXECUTOR_KUBERNETES_CLIENT_QPS",
+        "50",
+        "Kubernetes API requests per second this executor sends on average (a client-side limit that protects a shared API server; at least 1).",
+    ),
+    var(
+        "EXECUTOR_KUBERNETES_CLIENT_BURST",
+        "100",
+        "Kubernetes API requests this executor may send at once before EXECUTOR_KUBERNETES_CLIENT_QPS applies (at least 1).",
+    ),
+    var(
         "EXECUTOR_KUBERNETES_NAMESPACE",
         "",
         "Namespace of the Jobs, Secrets and volume claims this executor creates; unset: the executor's own pod's namespace (POD_NAMESPACE, else its service account's), outside a pod default.",

@@ -127,6 +127,10 @@ pub struct Config {
 pub struct KubernetesConfig {
     /// `EXECUTOR_KUBERNETES_CONFIG_PATH`; `None` = `$HOME/.kube/config`, then in-cluster.
     pub config_path: Option<String>,
+    /// `EXECUTOR_KUBERNETES_CLIENT_QPS`: average Kubernetes API requests per second.
+    pub client_qps: u32,
+    /// `EXECUTOR_KUBERNETES_CLIENT_BURST`: requests sent at once before the rate applies.
+    pub client_burst: u32,
     /// `EXECUTOR_KUBERNETES_NAMESPACE`, else the pod's own namespace, else `default`.
     pub namespace: String,
     /// Where [`Self::namespace`] came from; the executor logs it at startup.

@@ -27,6 +27,13 @@ pub fn client() -> (kube::Client, ApiServer) {
     (kube::Client::new(service, "default"), ApiServer { handle })
 }
 
+/// [`client`] with `layer` (the client's rate limit) in front of the server.
+pub fn client_through(layer: &tower::limit::RateLimitLayer) -> (kube::Client, ApiServer) {
+    let (service, handle) = tower_test::mock::pair();
+    let limited = tower::Layer::layer(layer, service);
+    (kube::Client::new(limited, "default"), ApiServer { handle })
+}
+
 /// One request as the server received it, waiting for its answer.
 pub struct Call {
     pub method: Method,

@@ -25,6 +25,8 @@ fn test_config() -> KubernetesConfig {
         namespace: "sg-executors".into(),
         namespace_source: crate::config::NamespaceSource::Variable,
         owner_pod: None,
+        client_qps: 50,
+        client_burst: 100,
         node_name: None,
         node_pinning: NodePinning::Affinity,
         node_selector: BTreeMap::new(),
