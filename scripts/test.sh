@@ -5,7 +5,7 @@
 #
 # What it does, in order (each step names itself; the first failure stops the run):
 #   1. scripts/install-test-cluster.sh   apt packages + kube-apiserver/controller-manager/scheduler (cached)
-#   2. scripts/install-tools.sh          helm and kubernetes-validate (cached)
+#   2. scripts/install-tools.sh          helm, kubernetes-validate, promtool, Chromium (cached)
 #   3. cargo fmt --check, cargo build (all targets, one shared target dir), cargo clippy -D warnings
 #   4. cargo test --workspace            unit tests, the test bed's proofs, the executor's end-to-end tests
 #   5. cargo bench --profile dev --bench log_flood
