@@ -26,10 +26,10 @@ const FLOOD_BYTES: usize = 16 * 1024 * 1024;
 /// `EXECUTOR_LOG_ENTRY_MAX_BYTES` of the run (the default).
 const ENTRY_CAP_KIB: u64 = 1024;
 /// Per flooding job above the floor: the copies of the capped entry in flight (its text, the JSON
-/// body of an update, the one being retried) and the line buffer, with room for the allocator's
-/// timing on a loaded machine (2.5 to 3.6 MiB measured). Memory that grew with the output would
-/// be 32 MiB a job.
-const BOUND_PER_JOB_KIB: u64 = 8 * ENTRY_CAP_KIB;
+/// body of an update, the one being retried) and the line buffer, with room for timing on a loaded
+/// machine (2.5 to 5.8 MiB measured in fresh-clone runs). Memory that grew with the output would
+/// be 32 MiB a job, twice the bound.
+const BOUND_PER_JOB_KIB: u64 = 16 * ENTRY_CAP_KIB;
 const JOB_TIMEOUT: Duration = Duration::from_secs(600);
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
