@@ -1,7 +1,9 @@
 //! Benchmark: the executor's peak memory while 20 concurrent jobs print as fast as they can, as a ratio to 20 quiet jobs in the same run.
 //!
-//! Run with `cargo bench --bench log_flood` (release build) or `cargo bench --profile dev --bench
-//! log_flood` (reuses the test build). It starts its own control plane, dev frontend and executor.
+//! Run with `NODE_AGENT_BIN=target/debug/node-agent cargo bench --bench log_flood` (a release
+//! executor; the test cluster looks for its node agent next to the bench binary otherwise) or
+//! `cargo bench --profile dev --bench log_flood` (reuses the test build). It starts its own
+//! control plane, dev frontend and executor.
 //!
 //! 1. Floor: 20 jobs whose step prints one line, all followed at once (the step waits on a gate
 //!    that opens only when every one of them has its log entry). Peak RSS afterwards = the floor.
