@@ -870,3 +870,50 @@ async fn interleaved_stdout_and_stderr_keep_the_order_the_step_wrote_them() {
         .collect();
     assert_eq!(seen, expected, "entry:\n{out}");
 }
+
+/// `pods/log` requests the API server has served, from its own metrics.
+async fn log_requests_served(client: &kube::Client) -> u64 {
+    let request = http::Request::get("/metrics")
+        .body(Vec::new())
+        .expect("a valid request");
+    let metrics = client
+        .request_text(request)
+        .await
+        .expect("the API server's metrics");
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("apiserver_request_total{") && l.contains("subresource=\"log\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_container_log_is_read_with_one_stream() {
+    let env = Env::start().await;
+    let steps = ["one", "two", "three"]
+        .iter()
+        .map(|key| step(key, &[&format!("echo {key}-output")]))
+        .collect();
+    let id = env.frontend.enqueue(job(steps));
+    let before = log_requests_served(&env.cluster.client()).await;
+    let executor = env.spawn_executor(&[]);
+    let record = env.wait_terminal(id, JOB_TIMEOUT).await;
+    assert_eq!(record.state, JobState::Completed, "{record:#?}");
+    for key in ["one", "two", "three"] {
+        let out = &entry(&record, &format!("step.kubernetes.{key}")).out;
+        assert!(out.contains(&format!("stdout: {key}-output")), "{out}");
+        assert!(
+            !out.contains("end of output"),
+            "the end-of-output line is not shown: {out}"
+        );
+    }
+    // setup-workspace, the three steps and main: the stream of each ends with the container, and
+    // the end-of-output line saves the second request that would rule out a cut stream.
+    let served = log_requests_served(&env.cluster.client()).await - before;
+    assert_eq!(
+        served,
+        5,
+        "pods/log requests for 5 containers\n{}",
+        executor.log_text()
+    );
+}

@@ -4,6 +4,10 @@
 //! Lines are requested with timestamps. On reconnect the stream restarts at the last line's second
 //! (`sinceTime` has second precision); lines older than the last one seen are dropped, and of the
 //! lines carrying exactly the last timestamp as many are skipped as were already delivered.
+//!
+//! Job containers end their output with [`END_OF_OUTPUT_LINE`]: a stream that ends right after it
+//! ended with the container, so one stream per container is enough even when the Pod watch
+//! reports the exit after the stream ended.
 
 use std::time::Duration;
 
@@ -16,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use super::api_error;
-use crate::{events::Event, metrics::Metrics, retry};
+use crate::{events::Event, k8s::script::END_OF_OUTPUT_LINE, metrics::Metrics, retry};
 
 /// Where to resume a log stream.
 ///
@@ -55,6 +59,39 @@ impl Cursor {
         let since = whole_second(self.newest?);
         self.skip = self.recent.iter().filter(|t| **t >= since).count();
         Some(since)
+    }
+}
+
+/// Lines on their way to the follower's callback: only new ones, with the end-of-output line held
+/// back until a later line shows it was output rather than the end.
+struct Delivery<F> {
+    cursor: Cursor,
+    /// The last line accepted was [`END_OF_OUTPUT_LINE`].
+    end_held: bool,
+    on_line: F,
+}
+
+impl<F: FnMut(&str)> Delivery<F> {
+    fn new(on_line: F) -> Self {
+        Self {
+            cursor: Cursor::default(),
+            end_held: false,
+            on_line,
+        }
+    }
+
+    fn line(&mut self, ts: Option<Timestamp>, text: &str, cut: bool) {
+        if !ts.is_none_or(|ts| self.cursor.accept(ts)) {
+            return;
+        }
+        if std::mem::take(&mut self.end_held) {
+            (self.on_line)(END_OF_OUTPUT_LINE);
+        }
+        if !cut && text == END_OF_OUTPUT_LINE {
+            self.end_held = true;
+        } else {
+            (self.on_line)(&Line::display(text, cut));
+        }
     }
 }
 
@@ -113,15 +150,15 @@ pub async fn follow(
     mut changes: watch::Receiver<u64>,
     metrics: &Metrics,
     stop: &CancellationToken,
-    mut on_line: impl FnMut(&str),
+    on_line: impl FnMut(&str),
 ) -> Result<(), FollowError> {
     let LogSource { pods, pod, container } = source;
-    let mut cursor = Cursor::default();
+    let mut delivery = Delivery::new(on_line);
     let mut reconnect = retry::log_reconnects();
     // Failures to open in a row, so that a log that stays unreadable is reported now and then.
     let mut failures: u32 = 0;
     loop {
-        let since_time = cursor.resume();
+        let since_time = delivery.cursor.resume();
         let terminated_before_open = probe.terminated();
         let params = LogParams {
             container: Some(container.to_string()),
@@ -138,7 +175,7 @@ pub async fn follow(
             Ok(reader) => {
                 failures = 0;
                 reconnect.reset();
-                match read_stream(reader, container, &mut cursor, stop, &mut on_line).await {
+                match read_stream(reader, container, &mut delivery, stop).await {
                     StreamEnd::Stopped => return Ok(()),
                     StreamEnd::Clean => Outcome::Ended,
                     StreamEnd::Broken => Outcome::Broke,
@@ -152,6 +189,16 @@ pub async fn follow(
         let ended = outcome == Outcome::Ended;
         if ended && (terminated_before_open || probe.terminated()) {
             return Ok(());
+        }
+        if ended && delivery.end_held {
+            // The program printed its last line and the stream ended: the container has exited,
+            // and the watch will say so. Only a status that stays running means a cut stream.
+            if !wait_before_reopening(true, END_OF_OUTPUT_GRACE, probe, &mut changes, stop).await {
+                return Ok(());
+            }
+            if probe.terminated() {
+                return Ok(());
+            }
         }
         if probe.pod_gone() {
             return Err(FollowError::PodGone);
@@ -178,6 +225,11 @@ pub async fn follow(
 /// keeps a follower whose watch lags behind the container's termination from reopening in a
 /// tight loop.
 const REOPEN_AFTER_CLEAN_END: Duration = Duration::from_millis(200);
+
+/// How long a stream that ended after [`END_OF_OUTPUT_LINE`] waits for the watch to report the
+/// container's exit before it is taken for a cut stream and reopened. The watch is usually a few
+/// hundred milliseconds behind the stream; this leaves room for a loaded API server.
+const END_OF_OUTPUT_GRACE: Duration = Duration::from_secs(10);
 
 /// How one attempt at the log went.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -377,9 +429,8 @@ async fn next_line(
 async fn read_stream(
     reader: impl AsyncBufRead,
     container: &str,
-    cursor: &mut Cursor,
+    delivery: &mut Delivery<impl FnMut(&str)>,
     stop: &CancellationToken,
-    on_line: &mut impl FnMut(&str),
 ) -> StreamEnd {
     let mut reader = std::pin::pin!(reader);
     // Per stream: a line left unfinished by a broken stream is read again whole after resuming.
@@ -393,9 +444,7 @@ async fn read_stream(
             Ok(Some(line)) => {
                 // The stamp starts the line, so a cut line keeps it.
                 let (ts, text) = split_timestamp(&line.text);
-                if ts.is_none_or(|ts| cursor.accept(ts)) {
-                    on_line(&Line::display(text, line.cut));
-                }
+                delivery.line(ts, text, line.cut);
             }
             Ok(None) => return StreamEnd::Clean,
             // Only reading can fail here: the content itself is never an error.
@@ -820,6 +869,69 @@ mod tests {
             result.expect("the log was read to its end");
             assert_eq!(lines, ["last"]);
             assert_eq!(f.metrics.event_count(Event::LogStreamResumed), 0);
+            f.server.assert_no_more_calls().await;
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn a_stream_ending_with_the_end_of_output_line_is_read_once() {
+            let mut f = start(FakeContainer::default());
+
+            let end = format!("2026-01-01T00:00:01.5Z {END_OF_OUTPUT_LINE}");
+            expect_open(&mut f.server)
+                .await
+                .stream_lines(&["2026-01-01T00:00:01Z last", &end], false);
+            // The watch reports the exit a second (of paused time) after the stream ended: long
+            // past the pause after which a stream without the line is opened again.
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            f.container.terminated.store(true, Ordering::SeqCst);
+            f.changes.send_modify(|n| *n += 1);
+
+            let (result, lines) = testing::finished(f.result).await;
+            result.expect("the log was read to its end");
+            assert_eq!(lines, ["last"], "the end-of-output line is never shown");
+            assert_eq!(f.metrics.event_count(Event::LogStreamResumed), 0);
+            f.server.assert_no_more_calls().await;
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn the_end_of_output_line_followed_by_more_output_is_output() {
+            let mut f = start(terminated());
+
+            let end = format!("2026-01-01T00:00:01Z {END_OF_OUTPUT_LINE}");
+            expect_open(&mut f.server)
+                .await
+                .stream_lines(&[&end, "2026-01-01T00:00:02Z after"], false);
+
+            let (result, lines) = testing::finished(f.result).await;
+            result.expect("the log was read to its end");
+            assert_eq!(lines, [END_OF_OUTPUT_LINE, "after"]);
+            f.server.assert_no_more_calls().await;
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn a_stream_cut_after_the_end_of_output_line_while_the_container_runs_on_is_reopened() {
+            let mut f = start(FakeContainer::default());
+
+            let end = format!("2026-01-01T00:00:01.5Z {END_OF_OUTPUT_LINE}");
+            expect_open(&mut f.server)
+                .await
+                .stream_lines(&["2026-01-01T00:00:01Z one", &end], false);
+            let ended = tokio::time::Instant::now();
+            let call = expect_open(&mut f.server).await;
+            assert!(
+                ended.elapsed() >= END_OF_OUTPUT_GRACE,
+                "reopened before the watch had its chance to report the exit"
+            );
+            assert_eq!(call.param("sinceTime"), Some("2026-01-01T00:00:01Z"));
+            f.container.terminated.store(true, Ordering::SeqCst);
+            call.stream_lines(
+                &["2026-01-01T00:00:01Z one", &end, "2026-01-01T00:00:02Z late"],
+                false,
+            );
+
+            let (result, lines) = testing::finished(f.result).await;
+            result.expect("the log was read to its end");
+            assert_eq!(lines, ["one", END_OF_OUTPUT_LINE, "late"]);
             f.server.assert_no_more_calls().await;
         }
 

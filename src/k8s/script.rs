@@ -60,14 +60,28 @@ pub fn shell_quote(value: &str) -> String {
     format!("'{}'", value.replace('\'', r#"'"'"'"#))
 }
 
-/// Prefixes a container program so that its stderr goes into its stdout pipe.
+/// The last line every job container prints, after its program, so that the log follower knows
+/// a stream that ended after it ended with the container and need not be read again. Never shown
+/// in an execution log entry.
+pub const END_OF_OUTPUT_LINE: &str = "kube-executor: end of output";
+
+/// Wraps a container program so that its stderr goes into its stdout pipe and its output ends
+/// with [`END_OF_OUTPUT_LINE`]; the container exits with the program's status.
 ///
 /// A container runtime reads stdout and stderr from two pipes and interleaves them by when it
 /// happened to read each, so a step's `set -x` trace (stderr) and its output (stdout) can reach
 /// the log out of order. The executor shows both as one stream anyway (every line is `stdout: `),
 /// so giving them one pipe keeps the order the step wrote them in, on any runtime.
-pub fn with_one_output_stream(program: &str) -> String {
-    format!("exec 2>&1\n{program}")
+///
+/// A log stream ends when the container exits, usually before the Pod watch reports the exit; the
+/// marker tells that end from a connection cut while the container runs on, which would otherwise
+/// take a second request per container to rule out. A program killed before the marker (OOM, a
+/// deadline) just costs that second request.
+pub fn container_program(program: &str) -> String {
+    format!(
+        "exec 2>&1\n{program}\nkube_executor_status=$?\necho {}\nexit \"$kube_executor_status\"",
+        shell_quote(END_OF_OUTPUT_LINE)
+    )
 }
 
 /// Normalises a workspace-relative path: drops empty and `.` components.
@@ -240,10 +254,7 @@ fn refuse_links_line(job_dir: &str, relative: &str) -> String {
 /// The program is a file, not the container's argument: Linux limits one argument to 128 KiB,
 /// which a few hundred steps or workspace files exceed.
 pub fn run_setup_program(file_name: &str) -> String {
-    format!(
-        "exec /bin/sh {}",
-        shell_quote(&format!("{SECRETS_DIR}/{file_name}"))
-    )
+    format!("/bin/sh {}", shell_quote(&format!("{SECRETS_DIR}/{file_name}")))
 }
 
 /// A workspace file staged in the job Secret, to be copied into the workspace by the setup program.
@@ -453,6 +464,20 @@ pub(crate) mod tests {
 
     fn text(bytes: &[u8]) -> String {
         String::from_utf8_lossy(bytes).into_owned()
+    }
+
+    #[test]
+    fn a_container_program_ends_its_one_stream_with_the_end_line_and_keeps_its_status() {
+        let dir = TempDir::new("container-program");
+        let program = container_program("echo out; echo err >&2; (exit 3)");
+        let out = sh(&["-c", &program], dir.path(), &[]);
+        assert_eq!(
+            out.status.code(),
+            Some(3),
+            "the program's status is the container's"
+        );
+        assert_eq!(text(&out.stdout), format!("out\nerr\n{END_OF_OUTPUT_LINE}\n"));
+        assert!(out.stderr.is_empty(), "stderr went into stdout");
     }
 
     fn git(dir: &Path, args: &[&str]) -> String {

@@ -116,7 +116,7 @@ impl PodPlan<'_> {
             image: Some(image.into()),
             image_pull_policy: (!cfg.image_pull_policy.is_empty()).then(|| cfg.image_pull_policy.clone()),
             command: Some(vec!["sh".into(), "-c".into()]),
-            args: Some(vec![script::with_one_output_stream(program)]),
+            args: Some(vec![script::container_program(program)]),
             working_dir: Some(working_dir),
             resources: resources(cfg),
             volume_mounts: Some(self.mounts(false)),

@@ -196,7 +196,7 @@ fn multi_step_job_has_setup_steps_and_main_in_order() {
     assert_eq!(pod.containers[0].name, "main");
     assert_eq!(
         pod.containers[0].args,
-        Some(vec!["exec 2>&1\necho 'complete'".to_string()])
+        Some(vec![crate::k8s::script::container_program("echo 'complete'")])
     );
     assert_eq!(pod.restart_policy.as_deref(), Some("Never"));
     assert_eq!(pod.active_deadline_seconds, Some(1200));
@@ -221,10 +221,10 @@ fn multi_step_job_has_setup_steps_and_main_in_order() {
     assert_eq!(run.command, Some(vec!["sh".to_string(), "-c".to_string()]));
     assert_eq!(
         run.args,
-        Some(vec![format!(
-            "exec 2>&1\nif [ \"$('/job/nextIndex.sh' '/job/skip.json' 'step.kubernetes.step.0.run')\" != \"skip\" ]; \
+        Some(vec![crate::k8s::script::container_program(&format!(
+            "if [ \"$('/job/nextIndex.sh' '/job/skip.json' 'step.kubernetes.step.0.run')\" != \"skip\" ]; \
              then /bin/sh '{script}'; fi"
-        )])
+        ))])
     );
     assert_eq!(run.working_dir.as_deref(), Some("/job/repository"));
     assert_eq!(init_containers(&objects)[1].working_dir.as_deref(), Some("/job"));
@@ -306,7 +306,7 @@ fn no_secret_value_appears_in_the_job_object() {
     );
     let setup_args = &init_containers(&objects)[0].args.as_ref().expect("args")[0];
     assert!(
-        setup_args.ends_with("exec /bin/sh '/var/run/kube-executor/secrets/setup.sh'"),
+        setup_args.contains("\n/bin/sh '/var/run/kube-executor/secrets/setup.sh'\n"),
         "{setup_args}"
     );
     let setup_program = String::from_utf8(secret_value(&objects, "setup.sh").to_vec()).expect("UTF-8");
