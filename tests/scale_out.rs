@@ -146,6 +146,8 @@ async fn run_jobs_losing_one_executor(env: &Env, shape: &Shape) -> Outcome {
                 env.frontend.executors()
             )
         });
+    // One trivial step each; the second of sleep keeps a few jobs in flight on every executor, so
+    // the deleted pod is surely running some.
     let ids: Vec<i64> = (0..JOBS)
         .map(|i| {
             env.frontend
@@ -161,41 +163,52 @@ async fn run_jobs_losing_one_executor(env: &Env, shape: &Shape) -> Outcome {
     wait_owned_objects_gone(env, &victim, Duration::from_secs(120)).await;
     env.wait_no_objects_matching(JOB_LABEL, Duration::from_secs(120))
         .await;
-    let census = watch.stop();
-
-    assert_eq!(jobs.len(), ids.len());
-    for record in &jobs {
-        let completions = record
-            .mark_calls
-            .iter()
-            .filter(|m| m.kind == MarkKind::Complete && m.status == 204)
-            .count();
-        assert!(
-            record.state == JobState::Completed && completions == 1,
-            "job {} did not complete exactly once: {record:#?}",
-            record.id
-        );
-    }
-    let retried = jobs
-        .iter()
-        .filter(|j| interrupted.contains(&j.id) && j.num_resets > 0)
-        .count();
-    assert!(
-        retried > 0,
-        "none of the lost executor's jobs {interrupted:?} was retried"
-    );
-    for (instance, most) in &census.max_per_instance {
-        assert!(
-            *most <= shape.slots,
-            "instance {instance} had {most} live Jobs, more than its {} slots",
-            shape.slots
-        );
-    }
-    Outcome {
-        census,
+    let outcome = Outcome {
+        census: watch.stop(),
         jobs,
         interrupted,
         slots: shape.slots,
+    };
+    assert_eq!(outcome.jobs.len(), ids.len());
+    outcome.assert_each_completed_once_and_lost_jobs_retried();
+    outcome.assert_within_slots();
+    outcome
+}
+
+impl Outcome {
+    fn assert_each_completed_once_and_lost_jobs_retried(&self) {
+        for record in &self.jobs {
+            let completions = record
+                .mark_calls
+                .iter()
+                .filter(|m| m.kind == MarkKind::Complete && m.status == 204)
+                .count();
+            assert!(
+                record.state == JobState::Completed && completions == 1,
+                "job {} did not complete exactly once: {record:#?}",
+                record.id
+            );
+        }
+        let retried = self
+            .jobs
+            .iter()
+            .filter(|j| self.interrupted.contains(&j.id) && j.num_resets > 0)
+            .count();
+        assert!(
+            retried > 0,
+            "none of the lost executor's jobs {:?} was retried",
+            self.interrupted
+        );
+    }
+
+    fn assert_within_slots(&self) {
+        for (instance, most) in &self.census.max_per_instance {
+            assert!(
+                *most <= self.slots,
+                "instance {instance} had {most} live Jobs, more than its {} slots",
+                self.slots
+            );
+        }
     }
 }
 
