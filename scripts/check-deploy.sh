@@ -4,18 +4,30 @@
 # Usage: scripts/check-deploy.sh
 #
 # 1. helm lint --strict of helm/kube-executor with default values (plus the three required values
-#    given with --set), with ci/full-values.yaml and with examples/sourcegraph-override.yaml;
-#    helm template of each; the chart must refuse to render without executor.frontendUrl.
-# 2. kubectl kustomize of kustomize/components/executor and of kustomize/examples/overlay.
-# 3. Consistency: every ConfigMap renders exactly the variables of config/executor.env (less
-#    EXECUTOR_FRONTEND_PASSWORD, which lives in a Secret); the chart's Role has the same rules as
-#    rbac/role.yaml; every chart object has the standard labels.
+#    given with --set), in StatefulSet (replicaCount 3) and DaemonSet (mode daemonset) mode, with
+#    ci/full-values.yaml (also as a StatefulSet) and with examples/sourcegraph-override.yaml;
+#    helm template of each. The chart must refuse, printing why, to render without
+#    executor.frontendUrl and each value combination that cannot work (see `refusals` below).
+# 2. kubectl kustomize of kustomize/components/executor and of kustomize/examples/{overlay,
+#    statefulset,daemonset,sourcegraph-executors}.
+# 3. Consistency (scripts/check_deploy_consistency.py): every ConfigMap renders exactly the
+#    variables of config/executor.env (less EXECUTOR_FRONTEND_PASSWORD, which lives in a Secret);
+#    every Role has the rules of rbac/role.yaml and sits in the namespace the executor would run
+#    its Jobs in; every chart object has the standard labels; every executor pod passes POD_NAME,
+#    POD_NAMESPACE and POD_UID from the Downward API and has the HTTP probes; a Deployment is one
+#    replica with Recreate; StatefulSet and DaemonSet pods take their instance id from their name
+#    (DaemonSet pods also pin their jobs to spec.nodeName); a StatefulSet has a
+#    PodDisruptionBudget, a topology spread and a job NetworkPolicy covering every replica; the
+#    Sourcegraph-shaped overlay renders an empty EXECUTOR_KUBERNETES_NAMESPACE with the executor in
+#    the overlay's namespace.
 # 4. kubernetes-validate --strict against Kubernetes $VALIDATE_K8S_VERSION (default 1.33.0) of every
 #    rendered object. ServiceMonitor is skipped: it is a prometheus-operator CRD, not in the core
 #    schemas the tool ships.
 # 5. Only when KUBECONFIG is set (a live cluster): kubectl apply --dry-run=server of everything
 #    rendered, after creating the namespaces it uses; ServiceMonitors are skipped when the cluster
-#    has no servicemonitors.monitoring.coreos.com CRD.
+#    has no servicemonitors.monitoring.coreos.com CRD. On a cluster without policy/v1 (before
+#    Kubernetes 1.21) PodDisruptionBudgets are dry-run as policy/v1beta1, the version the chart
+#    renders when helm reads such a cluster's API versions.
 #
 # Tools come from scripts/install-tools.sh (run here; it reuses what is installed). Exits non-zero
 # naming every step that failed.
@@ -53,11 +65,14 @@ REQUIRED_SETS=(
   --set executor.frontendPassword=placeholder-access-token-0123456789
   --set executor.queueName=batches
 )
-helm_cases=(default full-values sourcegraph-override)
+helm_cases=(default statefulset daemonset full-values full-values-statefulset sourcegraph-override)
 helm_args() {
   case "$1" in
     default) printf '%s\n' "${REQUIRED_SETS[@]}" ;;
+    statefulset) printf '%s\n' "${REQUIRED_SETS[@]}" --set replicaCount=3 ;;
+    daemonset) printf '%s\n' "${REQUIRED_SETS[@]}" --set mode=daemonset ;;
     full-values) printf '%s\n' -f "$CHART/ci/full-values.yaml" ;;
+    full-values-statefulset) printf '%s\n' -f "$CHART/ci/full-values.yaml" --set replicaCount=3 ;;
     sourcegraph-override) printf '%s\n' -f "$CHART/examples/sourcegraph-override.yaml" ;;
   esac
 }
@@ -80,17 +95,41 @@ for case in "${helm_cases[@]}"; do
   fi
 done
 
-step "helm template without executor.frontendUrl must fail with a message naming it"
-if "$HELM" template "$RELEASE" "$CHART" >/dev/null 2>"$OUT/missing-url.log"; then
-  fail "helm template rendered without executor.frontendUrl"
-elif ! grep -q 'executor.frontendUrl is required' "$OUT/missing-url.log"; then
-  cat "$OUT/missing-url.log" >&2
-  fail "helm template without executor.frontendUrl failed for another reason"
-fi
+# Values that cannot work, each with (a regular expression of) the reason the chart must print:
+# "<what>|<expected message>|<helm template arguments...>".
+refusals=(
+  "no executor.frontendUrl|executor.frontendUrl is required|"
+  "replicaCount 0 (schema)|/replicaCount.*minimum|--set replicaCount=0"
+  "replicaCount 0 (template, schema skipped)|replicaCount must be a whole number of at least 1|--skip-schema-validation --set replicaCount=0"
+  "an unknown mode (schema)|/mode.*one of.*replicas.*daemonset|--set mode=cluster"
+  "an unknown mode (template, schema skipped)|mode must be replicas .* or daemonset|--skip-schema-validation --set mode=cluster"
+  "replicaCount with mode daemonset|replicaCount \\(2\\) is for mode replicas|--set mode=daemonset --set replicaCount=2"
+  "per-job claims with nodeName pinning in mode daemonset|pvc with EXECUTOR_KUBERNETES_NODE_PINNING=nodeName cannot work in mode daemonset|--set mode=daemonset --set config.KUBERNETES_JOB_VOLUME_TYPE=pvc --set config.EXECUTOR_KUBERNETES_NODE_PINNING=nodeName"
+  "a shared instance id in a StatefulSet|EXECUTOR_INSTANCE_ID must stay unset with a StatefulSet|--set replicaCount=3 --set config.EXECUTOR_INSTANCE_ID=executor"
+  "a shared instance id in a DaemonSet (extraEnv)|EXECUTOR_INSTANCE_ID must stay unset with a DaemonSet|--set mode=daemonset --set executor.extraEnv[0].name=EXECUTOR_INSTANCE_ID --set executor.extraEnv[0].value=executor"
+  "a fixed job node in a StatefulSet|a fixed job node name .* sends the jobs of every executor of the StatefulSet to that one node|--set replicaCount=3 --set executor.kubernetesJob.node.name=node-1"
+  "a fixed job node without the Downward API in a DaemonSet|a fixed job node name .* of the DaemonSet to that one node|--set mode=daemonset --set executor.kubernetesJob.node.pinToExecutorNode=false --set config.EXECUTOR_KUBERNETES_NODE_NAME=node-1"
+  "a job node selector the DaemonSet's nodes lack|must hold on every node the DaemonSet runs on.*add pool=jobs to nodeSelector|--set mode=daemonset --set executor.kubernetesJob.node.selector=pool=jobs"
+  "a StatefulSet name too long for its pods|is longer than 52 characters|--set replicaCount=2 --set fullnameOverride=executor-with-a-name-far-too-long-for-statefulset-pods"
+)
+for refusal in "${refusals[@]}"; do
+  IFS='|' read -r what message arguments <<<"$refusal"
+  read -ra arguments <<<"$arguments"
+  # Every case but the first has the required values, so only the case's own values are wrong.
+  [ "$what" = "no executor.frontendUrl" ] || arguments=("${REQUIRED_SETS[@]}" "${arguments[@]}")
+  step "helm template with $what must fail saying why"
+  if "$HELM" template "$RELEASE" "$CHART" "${arguments[@]}" >/dev/null 2>"$OUT/refusal.log"; then
+    fail "helm template rendered with $what"
+  elif ! grep -Eq -- "$message" "$OUT/refusal.log"; then
+    cat "$OUT/refusal.log" >&2
+    fail "helm template with $what failed without the message /$message/"
+  fi
+done
 
 # --- 2. Kustomize ----------------------------------------------------------------------------
 
-for dir in components/executor examples/overlay; do
+for dir in components/executor examples/overlay examples/statefulset examples/daemonset \
+  examples/sourcegraph-executors; do
   name="kustomize-${dir//\//-}"
   step "kubectl kustomize kustomize/$dir"
   if kubectl kustomize "$REPO/kustomize/$dir" >"$OUT/$name.yaml" 2>"$OUT/$name.log"; then
@@ -103,65 +142,8 @@ done
 
 # --- 3. Consistency --------------------------------------------------------------------------
 
-step "consistency: ConfigMap keys vs config/executor.env, Role rules vs rbac/, standard labels"
-if ! "$PYTHON" - "$REPO" "${rendered[@]}" <<'PY'
-import re, sys, yaml
-repo, files = sys.argv[1], sys.argv[2:]
-problems = []
-
-env_names = set()
-for line in open(f"{repo}/config/executor.env"):
-    m = re.match(r"^(?:# )?([A-Z][A-Z0-9_]*)=", line)
-    if m:
-        env_names.add(m.group(1))
-expected_keys = env_names - {"EXECUTOR_FRONTEND_PASSWORD"}
-
-rbac_rules = yaml.safe_load(open(f"{repo}/rbac/role.yaml"))["rules"]
-standard_labels = ["app.kubernetes.io/name", "app.kubernetes.io/instance", "app.kubernetes.io/version",
-                   "app.kubernetes.io/managed-by", "app.kubernetes.io/component", "helm.sh/chart"]
-# full-values sets config: keys that are all in the env file, so the key set stays the same.
-for path in files:
-    label = path.rsplit("/", 1)[-1]
-    docs = [d for d in yaml.safe_load_all(open(path)) if d]
-    configmaps = [d for d in docs if d["kind"] == "ConfigMap"]
-    if len(configmaps) != 1:
-        problems.append(f"{label}: expected one ConfigMap, found {len(configmaps)}")
-    for cm in configmaps:
-        keys = set(cm.get("data", {}))
-        if keys != expected_keys:
-            problems.append(f"{label}: ConfigMap {cm['metadata']['name']} keys differ from config/executor.env:"
-                            f" missing {sorted(expected_keys - keys)}, extra {sorted(keys - expected_keys)}")
-    for role in (d for d in docs if d["kind"] == "Role"):
-        if role["rules"] != rbac_rules:
-            problems.append(f"{label}: Role {role['metadata']['name']} rules differ from rbac/role.yaml")
-    if any(d["kind"] == "ClusterRole" or d["kind"] == "ClusterRoleBinding" for d in docs):
-        problems.append(f"{label}: renders cluster-scoped RBAC")
-    if label.startswith("helm-"):
-        for d in docs:
-            labels = d["metadata"].get("labels", {})
-            missing = [l for l in standard_labels if l not in labels]
-            if missing:
-                problems.append(f"{label}: {d['kind']} {d['metadata']['name']} lacks labels {missing}")
-        for dep in (d for d in docs if d["kind"] == "Deployment"):
-            spec = dep["spec"]["template"]["spec"]
-            container = spec["containers"][0]
-            grace = spec.get("terminationGracePeriodSeconds", 30)
-            cm = configmaps[0]["data"] if configmaps else {}
-            period = cm.get("EXECUTOR_SHUTDOWN_GRACE_PERIOD", "")
-            if not re.fullmatch(r"[0-9]+s", period) or grace <= int(period[:-1]):
-                problems.append(f"{label}: terminationGracePeriodSeconds {grace} not above EXECUTOR_SHUTDOWN_GRACE_PERIOD {period!r}")
-            for probe, path_ in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
-                if container.get(probe, {}).get("httpGet", {}).get("path") != path_:
-                    problems.append(f"{label}: {probe} is not an HTTP GET of {path_}")
-            if dep["spec"]["strategy"]["type"] != "Recreate" or dep["spec"]["replicas"] != 1:
-                problems.append(f"{label}: Deployment must be a single replica with the Recreate strategy")
-            if "checksum/config" not in dep["spec"]["template"]["metadata"].get("annotations", {}):
-                problems.append(f"{label}: pod template lacks the checksum/config annotation")
-for p in problems:
-    print(p, file=sys.stderr)
-sys.exit(1 if problems else 0)
-PY
-then
+step "consistency: ConfigMaps vs config/executor.env, Roles vs rbac/, labels, executor pods per shape"
+if ! "$PYTHON" "$REPO/scripts/check_deploy_consistency.py" "$REPO" "${rendered[@]}"; then
   fail "consistency checks (see the lines above)"
 fi
 
@@ -200,6 +182,9 @@ if [ -n "${KUBECONFIG:-}" ]; then
   step "kubectl apply --dry-run=server against $(kubectl config current-context 2>/dev/null || echo KUBECONFIG)"
   has_servicemonitor_crd=0
   kubectl get crd servicemonitors.monitoring.coreos.com >/dev/null 2>&1 && has_servicemonitor_crd=1
+  has_policy_v1=0
+  kubectl api-versions 2>/dev/null | grep -qx 'policy/v1' && has_policy_v1=1
+  [ "$has_policy_v1" = 1 ] || step "(the cluster has no policy/v1: PodDisruptionBudgets are dry-run as policy/v1beta1)"
   for file in "${rendered[@]}"; do
     label="$(basename "$file" .yaml)"
     mapfile -t namespaces < <("$PYTHON" -c '
@@ -218,6 +203,11 @@ print("\n".join(sorted(n for n in names if n)))' "$file")
       else
         step "($label: ServiceMonitor skipped, the cluster has no monitoring.coreos.com CRD)"
       fi
+    fi
+    if [ "$has_policy_v1" = 0 ]; then
+      for budget in "$dir"/*-PodDisruptionBudget-*.yaml; do
+        [ -e "$budget" ] && sed -i 's|^apiVersion: policy/v1$|apiVersion: policy/v1beta1|' "$budget"
+      done
     fi
     # Objects without a namespace (the kustomize component alone) go to the default namespace.
     if ! kubectl apply --dry-run=server -f "$dir" >"$OUT/dry-run-$label.log" 2>&1; then

@@ -1,61 +1,20 @@
 //! The Helm chart, deployed for real: its RBAC, ConfigMap, Secret and Deployment run the executor
 //! in the local cluster with in-cluster credentials, and the Downward API wiring
-//! (`pinToExecutorNode`) puts job pods on the executor's own node among several.
+//! (`pinToExecutorNode`) puts job pods on the executor's own node among several; Sourcegraph's
+//! executors example overlay, pointed at our Kustomize component, runs jobs in its own namespace.
 
 mod support;
 
-use std::{path::PathBuf, process::Command, time::Duration};
+use std::time::Duration;
 
 use dev_frontend::{FrontendOptions, JobState};
 use k8s_openapi::api::{apps::v1::Deployment, core::v1::Pod};
-use kube::{
-    Api,
-    api::{ListParams, Patch, PatchParams},
+use kube::{Api, api::ListParams};
+use support::{
+    Env,
+    deploy::{StagedBinary, deploy_chart, in_cluster_values},
+    job, step,
 };
-use support::{Env, job, step};
-
-fn helm() -> PathBuf {
-    let cache = std::env::var("KUBE_EXECUTOR_CACHE").unwrap_or_else(|_| "/var/cache/kube-executor".into());
-    let helm = PathBuf::from(cache).join("tools/bin/helm");
-    assert!(
-        helm.exists(),
-        "{} is missing: run scripts/install-tools.sh",
-        helm.display()
-    );
-    helm
-}
-
-fn run(command: &mut Command) -> String {
-    let output = command.output().expect("run command");
-    assert!(
-        output.status.success(),
-        "{command:?} failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).to_string()
-}
-
-/// A copy of the executor binary outside /tmp, removed when dropped.
-struct StagedBinary {
-    dir: PathBuf,
-    path: PathBuf,
-}
-
-impl StagedBinary {
-    fn new(source: &str) -> Self {
-        let dir = PathBuf::from(format!("/var/tmp/kube-executor-chart-{}", uuid::Uuid::new_v4()));
-        std::fs::create_dir_all(&dir).expect("create a staging directory in /var/tmp");
-        let path = dir.join("executor");
-        std::fs::copy(source, &path).expect("stage the executor binary");
-        Self { dir, path }
-    }
-}
-
-impl Drop for StagedBinary {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chart_deployment_pins_jobs_to_the_executor_node_through_the_downward_api() {
@@ -64,57 +23,27 @@ async fn chart_deployment_pins_jobs_to_the_executor_node_through_the_downward_ap
         FrontendOptions::default(),
     )
     .await;
-    let api_port = env
-        .cluster
-        .api_server_url()
-        .rsplit(':')
-        .next()
-        .expect("API server port")
-        .to_string();
     let health_port = support::free_port();
-    let chart = format!("{}/helm/kube-executor", env!("CARGO_MANIFEST_DIR"));
-    let values = env.cluster.dir().join("values.yaml");
-    std::fs::write(
-        &values,
-        format!(
-            r#"executor:
-  frontendUrl: "{frontend}"
-  frontendPassword: "{password}"
-  queueName: batches
+    let values = r#"executor:
   maximumNumJobs: 2
   kubernetesJob:
     node:
       pinToExecutorNode: true
-    resources:
-      requests: {{memory: 64Mi}}
-      limits: {{memory: 2Gi}}
-  extraEnv:
-    # In a real cluster the kubelet injects these for the kubernetes Service.
-    - {{name: KUBERNETES_SERVICE_HOST, value: "127.0.0.1"}}
-    - {{name: KUBERNETES_SERVICE_PORT, value: "{api_port}"}}
-config:
-  EXECUTOR_HEALTH_SERVER_ADDR: "127.0.0.1:{health_port}"
-  EXECUTOR_QUEUE_POLL_INTERVAL: 200ms
 nodeSelector:
   kubernetes.io/hostname: node-2
-"#,
-            frontend = env.frontend.url(),
-            password = env.frontend.access_token().unwrap_or_default(),
-        ),
-    )
-    .expect("write values");
-    let rendered = run(Command::new(helm())
-        .args(["template", "ke", &chart, "--namespace", "default", "-f"])
-        .arg(&values));
-    let manifest = env.cluster.dir().join("chart.yaml");
-    std::fs::write(&manifest, rendered).expect("write manifest");
-    run(Command::new("kubectl")
-        .arg("--kubeconfig")
-        .arg(env.cluster.kubeconfig_path())
-        .args(["apply", "--namespace", "default", "-f"])
-        .arg(&manifest));
+"#;
+    let staged = StagedBinary::new();
+    deploy_chart(
+        &env,
+        "ke",
+        &[
+            &in_cluster_values(&env, &format!("127.0.0.1:{health_port}")),
+            values,
+        ],
+        "Deployment/ke-kube-executor",
+        &staged,
+    );
 
-    // The image's entrypoint is /usr/local/bin/executor; the simulated node runs host binaries.
     let deployments: Api<Deployment> = Api::namespaced(env.cluster.client(), "default");
     let deployment = deployments
         .get("ke-kube-executor")
@@ -139,20 +68,6 @@ nodeSelector:
         Some("spec.nodeName"),
         "the chart wires the Downward API"
     );
-    // The chart mounts an emptyDir at /tmp, so the binary must not live there (a clone under /tmp
-    // would hide it from the pod): stage a copy in /var/tmp.
-    let staged = StagedBinary::new(env!("CARGO_BIN_EXE_executor"));
-    let patch = serde_json::json!({"spec": {"template": {"spec": {"containers": [
-        {"name": container.name, "command": [staged.path.display().to_string()]}
-    ]}}}});
-    deployments
-        .patch(
-            "ke-kube-executor",
-            &PatchParams::default(),
-            &Patch::Strategic(&patch),
-        )
-        .await
-        .expect("set the entrypoint");
 
     let gate = support::Gate::new();
     let id = env.frontend.enqueue(job(vec![step(
@@ -232,4 +147,79 @@ nodeSelector:
         "{}",
         events.1
     );
+}
+
+/// Sourcegraph's executors example overlay with our component leaves EXECUTOR_KUBERNETES_NAMESPACE
+/// empty: the executor runs its Jobs in its own pod's namespace, which the overlay creates.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sourcegraph_shaped_overlay_runs_jobs_in_the_overlays_namespace() {
+    const NAMESPACE: &str = "executor-sourcegraph";
+    let env = Env::start().await;
+    let dir = env.cluster.dir().join("deploy-sourcegraph-overlay");
+    std::fs::create_dir_all(&dir).expect("create the overlay directory");
+    // Only what a user fills in (frontend URL and password), what the simulated nodes need (small job
+    // pods, the API server address, a free health port) and nothing about the namespace.
+    let extra = format!(
+        r#"  - patch: |-
+      apiVersion: v1
+      kind: ConfigMap
+      metadata: {{name: executor-config}}
+      data:
+        EXECUTOR_FRONTEND_URL: "{frontend}"
+        EXECUTOR_HEALTH_SERVER_ADDR: "127.0.0.1:0"
+        EXECUTOR_QUEUE_POLL_INTERVAL: 200ms
+        EXECUTOR_KUBERNETES_RESOURCE_REQUEST_MEMORY: 64Mi
+        EXECUTOR_KUBERNETES_RESOURCE_LIMIT_MEMORY: 2Gi
+  - target: {{kind: Deployment, name: executor}}
+    patch: |-
+      - op: add
+        path: /spec/template/spec/containers/0/env/-
+        value: {{name: KUBERNETES_SERVICE_HOST, value: "127.0.0.1"}}
+      - op: add
+        path: /spec/template/spec/containers/0/env/-
+        value: {{name: KUBERNETES_SERVICE_PORT, value: "{api_port}"}}
+secretGenerator:
+  - name: executor-secret
+    behavior: replace
+    literals:
+      - password={password}
+"#,
+        frontend = env.frontend.url(),
+        api_port = support::deploy::api_server_port(&env),
+        password = env.frontend.access_token().unwrap_or_default(),
+    );
+    let staged = StagedBinary::new();
+    support::deploy::apply_kustomization(
+        &env,
+        &dir,
+        &[support::deploy::repo_path_from(
+            &dir,
+            "kustomize/examples/sourcegraph-executors",
+        )],
+        "Deployment/executor",
+        &staged,
+        &extra,
+    );
+
+    let gate = support::Gate::new();
+    let id = env
+        .frontend
+        .enqueue(job(vec![step("hold", &["echo holding", &gate.wait_cmd()])]));
+    env.wait_for_output("batches", id, "holding", Duration::from_secs(180))
+        .await;
+    let selector = format!("kube-executor.io/job-id={id}");
+    let jobs_in = |namespace: &str| {
+        let api: Api<k8s_openapi::api::batch::v1::Job> = Api::namespaced(env.cluster.client(), namespace);
+        let params = ListParams::default().labels(&selector);
+        async move { api.list(&params).await.expect("list jobs").items.len() }
+    };
+    assert_eq!(
+        jobs_in(NAMESPACE).await,
+        1,
+        "the Job is in the overlay's namespace"
+    );
+    assert_eq!(jobs_in("default").await, 0);
+    gate.open();
+    let record = env.wait_terminal(id, Duration::from_secs(120)).await;
+    assert_eq!(record.state, JobState::Completed, "{record:#?}");
 }

@@ -18,6 +18,8 @@ use k8s_openapi::api::{
 use kube::{Api, api::ListParams};
 use test_cluster::{ClusterOptions, NodeSpec, TestCluster};
 
+pub mod deploy;
+
 /// The executor instance ID every test executor uses (its objects carry it as a label).
 pub const INSTANCE: &str = "e2e-executor";
 
@@ -127,7 +129,13 @@ impl Env {
 
     /// Jobs, pods (terminating ones included) and Secrets carrying the test executor's labels.
     pub async fn our_objects(&self) -> (usize, usize, usize) {
-        let params = ListParams::default().labels(&format!("kube-executor.io/instance={INSTANCE}"));
+        self.objects_matching(&format!("kube-executor.io/instance={INSTANCE}"))
+            .await
+    }
+
+    /// Jobs, pods (terminating ones included) and Secrets matching a label selector.
+    pub async fn objects_matching(&self, selector: &str) -> (usize, usize, usize) {
+        let params = ListParams::default().labels(selector);
         let jobs = self
             .jobs_api()
             .list(&params)
@@ -155,16 +163,22 @@ impl Env {
     /// Waits until no Job, pod or Secret of the test executor remains (the garbage collector
     /// works asynchronously after a background delete).
     pub async fn wait_no_objects(&self, timeout: Duration) {
+        self.wait_no_objects_matching(&format!("kube-executor.io/instance={INSTANCE}"), timeout)
+            .await;
+    }
+
+    /// Waits until no Job, pod or Secret matches a label selector.
+    pub async fn wait_no_objects_matching(&self, selector: &str, timeout: Duration) {
         let deadline = tokio::time::Instant::now() + timeout;
         let mut delay = Duration::from_millis(100);
         loop {
-            let found = self.our_objects().await;
+            let found = self.objects_matching(selector).await;
             if found == (0, 0, 0) {
                 return;
             }
             assert!(
                 tokio::time::Instant::now() < deadline,
-                "objects left behind after {timeout:?}: (jobs, pods, secrets) = {found:?}"
+                "objects matching {selector} left behind after {timeout:?}: (jobs, pods, secrets) = {found:?}"
             );
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(Duration::from_secs(1));

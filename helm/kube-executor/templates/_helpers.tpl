@@ -125,6 +125,94 @@ and maps become JSON (so the JSON-typed variables can be written as YAML).
 {{- end }}
 {{- end }}
 
+{{/* Deployment (mode replicas, one replica), StatefulSet (more) or DaemonSet (mode daemonset). */}}
+{{- define "kube-executor.workloadKind" -}}
+{{- if eq (toString .Values.mode) "daemonset" }}DaemonSet
+{{- else if gt (int (default 1 .Values.replicaCount)) 1 }}StatefulSet
+{{- else }}Deployment
+{{- end }}
+{{- end }}
+
+{{/* Non-empty when several executors run, each an instance of its own named after its pod. */}}
+{{- define "kube-executor.severalExecutors" -}}
+{{- if ne (include "kube-executor.workloadKind" .) "Deployment" }}true{{ end }}
+{{- end }}
+
+{{/* Non-empty when job pods follow their executor's node: pinToExecutorNode, unset meaning yes in
+mode daemonset and no otherwise. */}}
+{{- define "kube-executor.pinToExecutorNode" -}}
+{{- $pin := .Values.executor.kubernetesJob.node.pinToExecutorNode }}
+{{- if kindIs "invalid" $pin }}
+{{- $pin = eq (toString .Values.mode) "daemonset" }}
+{{- end }}
+{{- if $pin }}true{{ end }}
+{{- end }}
+
+{{/* The executor pod's node selector: the first non-empty of nodeSelector, executor.*, sourcegraph.*. */}}
+{{- define "kube-executor.podNodeSelector" -}}
+{{- toJson (.Values.nodeSelector | default .Values.executor.nodeSelector | default .Values.sourcegraph.nodeSelector | default dict) }}
+{{- end }}
+
+{{/* A variable as the user set it, (list $ NAME): a plain extraEnv value, else config, else empty. */}}
+{{- define "kube-executor.setting" -}}
+{{- $root := index . 0 }}
+{{- $name := index . 1 }}
+{{- $value := include "kube-executor.envValue" (index (default dict $root.Values.config) $name) }}
+{{- range default list $root.Values.executor.extraEnv }}
+{{- if and (eq (toString .name) $name) (hasKey . "value") }}
+{{- $value = toString .value }}
+{{- end }}
+{{- end }}
+{{- $value }}
+{{- end }}
+
+{{/* Refuses modes and replica counts that cannot work, saying why. */}}
+{{- define "kube-executor.validateMode" -}}
+{{- $mode := toString .Values.mode }}
+{{- if not (has $mode (list "replicas" "daemonset")) }}
+{{- fail (printf "mode must be replicas (a Deployment, or a StatefulSet with replicaCount above 1) or daemonset (one executor per node), not %q" $mode) }}
+{{- end }}
+{{- $replicas := .Values.replicaCount }}
+{{- if or (kindIs "invalid" $replicas) (kindIs "string" $replicas) (lt (int $replicas) 1) }}
+{{- fail (printf "replicaCount must be a whole number of at least 1 (got %v): it is the number of executors in mode replicas" $replicas) }}
+{{- end }}
+{{- if and (eq $mode "daemonset") (ne (int $replicas) 1) }}
+{{- fail (printf "replicaCount (%v) is for mode replicas: mode daemonset runs one executor on every node that nodeSelector, affinity and tolerations admit" $replicas) }}
+{{- end }}
+{{- $kind := include "kube-executor.workloadKind" . }}
+{{- if and (eq $kind "StatefulSet") (gt (len (include "kube-executor.fullname" .)) 52) }}
+{{- fail (printf "the StatefulSet name %q is longer than 52 characters, so its pods' controller-revision-hash labels would be invalid: set fullnameOverride" (include "kube-executor.fullname" .)) }}
+{{- end }}
+{{- if include "kube-executor.severalExecutors" . }}
+{{- if include "kube-executor.setting" (list . "EXECUTOR_INSTANCE_ID") }}
+{{- fail (printf "EXECUTOR_INSTANCE_ID must stay unset with a %s: each executor's instance id is its pod's name, and executors sharing one would count and sweep each other's Jobs" $kind) }}
+{{- end }}
+{{- if and (not (include "kube-executor.pinToExecutorNode" .)) (or .Values.executor.kubernetesJob.node.name (include "kube-executor.setting" (list . "EXECUTOR_KUBERNETES_NODE_NAME"))) }}
+{{- fail (printf "a fixed job node name (executor.kubernetesJob.node.name or EXECUTOR_KUBERNETES_NODE_NAME) sends the jobs of every executor of the %s to that one node: set executor.kubernetesJob.node.pinToExecutorNode=true (each executor's node, from the Downward API) or unset the name" $kind) }}
+{{- end }}
+{{- end }}
+{{- if and (eq $mode "daemonset") (include "kube-executor.pinToExecutorNode" .) }}
+{{- include "kube-executor.validatePinnedDaemonSet" . }}
+{{- end }}
+{{- end }}
+
+{{/* Jobs pinned to each DaemonSet pod's node: their volumes and node selector must work there. */}}
+{{- define "kube-executor.validatePinnedDaemonSet" -}}
+{{- $volumeType := include "kube-executor.setting" (list . "KUBERNETES_JOB_VOLUME_TYPE") | lower }}
+{{- $pinning := include "kube-executor.setting" (list . "EXECUTOR_KUBERNETES_NODE_PINNING") | lower }}
+{{- if and (eq $volumeType "pvc") (eq $pinning "nodename") }}
+{{- fail "KUBERNETES_JOB_VOLUME_TYPE=pvc with EXECUTOR_KUBERNETES_NODE_PINNING=nodeName cannot work in mode daemonset: each job's claim is ReadWriteOnce and bound on the node the scheduler picks, but nodeName pinning bypasses the scheduler, so a WaitForFirstConsumer claim never binds and an Immediate one may be provisioned away from the executor's node; use EXECUTOR_KUBERNETES_NODE_PINNING=affinity (the default)" }}
+{{- end }}
+{{- $podSelector := fromJson (include "kube-executor.podNodeSelector" .) }}
+{{- $jobSelector := include "kube-executor.nodeSelectorValue" .Values.executor.kubernetesJob.node.selector }}
+{{- range $pair := splitList "," $jobSelector }}
+{{- $kv := splitList "=" $pair }}
+{{- if and $pair (ne (toString (index $podSelector (first $kv))) (toString (last $kv))) }}
+{{- fail (printf "executor.kubernetesJob.node.selector %q must hold on every node the DaemonSet runs on, since each executor's jobs run on its own node: add %s to nodeSelector" $jobSelector $pair) }}
+{{- end }}
+{{- end }}
+{{- end }}
+
 {{/* Fails the render early with the value to fix, rather than letting the executor crash-loop. */}}
 {{- define "kube-executor.validate" -}}
 {{- if not .Values.executor.frontendUrl }}
@@ -140,4 +228,5 @@ and maps become JSON (so the JSON-typed variables can be written as YAML).
 {{- if not (or .Values.executor.queueName $queues) }}
 {{- fail "executor.queueName (batches or codeintel) or executor.queueNames is required" }}
 {{- end }}
+{{- include "kube-executor.validateMode" . }}
 {{- end }}

@@ -1,0 +1,436 @@
+//! Several executors from the Helm chart, deployed for real: a StatefulSet of 3 and a DaemonSet on 5
+//! nodes each run 300 queued jobs exactly once, a watch of the cluster never sees an executor
+//! instance with more live Jobs than its slots, DaemonSet executors run their jobs on their own
+//! node, and force-deleting one executor's pod mid-run loses no job (the frontend re-queues its
+//! jobs for the others) and leaves nothing behind (its Jobs are owned by its pod).
+
+mod support;
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use dev_frontend::{FrontendOptions, JobRecord, JobState, MarkKind};
+use futures_util::StreamExt;
+use k8s_openapi::api::{batch::v1::Job, core::v1::Pod};
+use kube::{
+    Api, Resource, ResourceExt,
+    api::{DeleteParams, ListParams},
+    runtime::{WatchStreamExt, watcher},
+};
+use support::{
+    Env,
+    deploy::{StagedBinary, deploy_chart, in_cluster_values},
+    job, step,
+};
+
+const JOBS: usize = 300;
+const JOB_LABEL: &str = "app.kubernetes.io/managed-by=kube-executor";
+const INSTANCE_KEY: &str = "kube-executor.io/instance";
+const EXECUTOR_POD_LABEL: &str = "app.kubernetes.io/name=kube-executor";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statefulset_of_three_runs_each_job_once_within_its_slots_and_survives_losing_a_replica() {
+    let started = Instant::now();
+    let env = Env::start_with(Env::nodes(&["node-1", "node-2", "node-3"]), frontend_options()).await;
+    let shape = Shape {
+        executors: 3,
+        slots: 4,
+        workload: "StatefulSet/ke-kube-executor",
+        values: "replicaCount: 3\nexecutor:\n  maximumNumJobs: 4\n",
+    };
+    let outcome = run_jobs_losing_one_executor(&env, &shape).await;
+    let instances: BTreeSet<&String> = outcome.census.max_per_instance.keys().collect();
+    let expected: Vec<String> = (0..3).map(|i| format!("ke-kube-executor-{i}")).collect();
+    assert_eq!(
+        instances,
+        expected.iter().collect(),
+        "each replica is an instance named after its pod, and the replacement kept its name"
+    );
+    outcome.report("statefulset", started);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn daemonset_on_five_nodes_runs_each_executors_jobs_on_its_node_and_survives_losing_one() {
+    let started = Instant::now();
+    let nodes = ["node-1", "node-2", "node-3", "node-4", "node-5"];
+    let env = Env::start_with(Env::nodes(&nodes), frontend_options()).await;
+    let shape = Shape {
+        executors: nodes.len(),
+        slots: 3,
+        workload: "DaemonSet/ke-kube-executor",
+        values: "mode: daemonset\nexecutor:\n  maximumNumJobs: 3\n",
+    };
+    let outcome = run_jobs_losing_one_executor(&env, &shape).await;
+    let census = &outcome.census;
+    for (instance, node) in &census.job_nodes {
+        assert_eq!(
+            census.executor_nodes.get(instance),
+            Some(node),
+            "a job pod of executor {instance} ran on {node}, not on its executor's node"
+        );
+    }
+    let nodes_with_jobs: BTreeSet<&String> = census.job_nodes.iter().map(|(_, node)| node).collect();
+    assert_eq!(
+        nodes_with_jobs.len(),
+        nodes.len(),
+        "every node's executor ran jobs"
+    );
+    outcome.report("daemonset", started);
+}
+
+/// How the chart is deployed for one test.
+struct Shape {
+    executors: usize,
+    /// EXECUTOR_MAXIMUM_NUM_JOBS of each executor.
+    slots: usize,
+    workload: &'static str,
+    /// Values on top of [`in_cluster_values`].
+    values: &'static str,
+}
+
+/// The figures of one run.
+struct Outcome {
+    census: Census,
+    jobs: Vec<JobRecord>,
+    /// Jobs the lost executor was running when its pod was deleted.
+    interrupted: Vec<i64>,
+    slots: usize,
+}
+
+impl Outcome {
+    fn report(&self, name: &str, started: Instant) {
+        let reset = self.jobs.iter().filter(|j| j.num_resets > 0).count();
+        eprintln!(
+            "{name}: {} jobs completed once each in {:?}; {} interrupted by the pod deletion, {reset} \
+             re-queued and retried; most live Jobs per instance (slots {}): {:?}",
+            self.jobs.len(),
+            started.elapsed(),
+            self.interrupted.len(),
+            self.slots,
+            self.census.max_per_instance,
+        );
+    }
+}
+
+fn frontend_options() -> FrontendOptions {
+    FrontendOptions {
+        // Well above the executors' 5 s heartbeat, so only a lost executor's jobs are re-queued.
+        stalled_after: Duration::from_secs(12),
+        ..FrontendOptions::default()
+    }
+}
+
+/// Deploys the shape, queues [`JOBS`] jobs, force-deletes one executor pod once a fifth of them are
+/// done, and checks what holds for every shape: each job completed exactly once, the lost
+/// executor's jobs were retried, no instance exceeded its slots, nothing was left behind.
+async fn run_jobs_losing_one_executor(env: &Env, shape: &Shape) -> Outcome {
+    let staged = StagedBinary::new();
+    let watch = CensusWatch::start(env);
+    deploy_chart(
+        env,
+        "ke",
+        &[&in_cluster_values(env, "127.0.0.1:0"), shape.values],
+        shape.workload,
+        &staged,
+    );
+    env.frontend
+        .wait_for_executors(Duration::from_secs(180), |seen| seen.len() >= shape.executors)
+        .await
+        .unwrap_or_else(|| {
+            panic!(
+                "{} executors never heartbeat: {:?}",
+                shape.executors,
+                env.frontend.executors()
+            )
+        });
+    // One trivial step each; the second of sleep keeps a few jobs in flight on every executor, so
+    // the deleted pod is surely running some.
+    let ids: Vec<i64> = (0..JOBS)
+        .map(|i| {
+            env.frontend
+                .enqueue(job(vec![step("work", &[&format!("echo job-{i}"), "sleep 1"])]))
+        })
+        .collect();
+    wait_jobs(env, Duration::from_secs(600), |jobs| completed(jobs) >= JOBS / 5).await;
+    let (victim, interrupted) = delete_busiest_executor_pod(env).await;
+    let jobs = wait_jobs(env, Duration::from_secs(900), |jobs| {
+        jobs.iter().all(|j| j.state.is_terminal())
+    })
+    .await;
+    wait_owned_objects_gone(env, &victim, Duration::from_secs(120)).await;
+    env.wait_no_objects_matching(JOB_LABEL, Duration::from_secs(120))
+        .await;
+    let outcome = Outcome {
+        census: watch.stop(),
+        jobs,
+        interrupted,
+        slots: shape.slots,
+    };
+    assert_eq!(outcome.jobs.len(), ids.len());
+    outcome.assert_each_completed_once_and_lost_jobs_retried();
+    outcome.assert_within_slots();
+    outcome
+}
+
+impl Outcome {
+    fn assert_each_completed_once_and_lost_jobs_retried(&self) {
+        for record in &self.jobs {
+            let completions = record
+                .mark_calls
+                .iter()
+                .filter(|m| m.kind == MarkKind::Complete && m.status == 204)
+                .count();
+            assert!(
+                record.state == JobState::Completed && completions == 1,
+                "job {} did not complete exactly once: {record:#?}",
+                record.id
+            );
+        }
+        let retried = self
+            .jobs
+            .iter()
+            .filter(|j| self.interrupted.contains(&j.id) && j.num_resets > 0)
+            .count();
+        assert!(
+            retried > 0,
+            "none of the lost executor's jobs {:?} was retried",
+            self.interrupted
+        );
+    }
+
+    fn assert_within_slots(&self) {
+        for (instance, most) in &self.census.max_per_instance {
+            assert!(
+                *most <= self.slots,
+                "instance {instance} had {most} live Jobs, more than its {} slots",
+                self.slots
+            );
+        }
+    }
+}
+
+fn completed(jobs: &[JobRecord]) -> usize {
+    jobs.iter().filter(|j| j.state == JobState::Completed).count()
+}
+
+/// Polls the frontend's jobs until `done` holds for them.
+async fn wait_jobs(env: &Env, timeout: Duration, done: impl Fn(&[JobRecord]) -> bool) -> Vec<JobRecord> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let jobs = env.frontend.jobs();
+        if done(&jobs) {
+            return jobs;
+        }
+        let states: BTreeMap<&str, usize> = jobs.iter().fold(BTreeMap::new(), |mut count, j| {
+            *count.entry(j.state.as_str()).or_default() += 1;
+            count
+        });
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "jobs not done after {timeout:?}: {states:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// A deleted executor pod: its name and UID.
+struct Victim {
+    name: String,
+    uid: String,
+}
+
+/// Force-deletes (grace period 0, as when a node is lost) the executor pod running the most jobs,
+/// once one runs at least two; returns it and the ids of the jobs it was running.
+async fn delete_busiest_executor_pod(env: &Env) -> (Victim, Vec<i64>) {
+    let pods: Api<Pod> = Api::namespaced(env.cluster.client(), "default");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let executor_pods = pods
+            .list(&ListParams::default().labels(EXECUTOR_POD_LABEL))
+            .await
+            .expect("list executor pods");
+        let jobs = env.frontend.jobs();
+        let busiest = executor_pods
+            .items
+            .iter()
+            .map(|pod| (pod, running_on(&jobs, &pod.name_any())))
+            .max_by_key(|(_, running)| running.len());
+        if let Some((pod, running)) = busiest.filter(|(_, running)| running.len() >= 2) {
+            let victim = Victim {
+                name: pod.name_any(),
+                uid: pod.meta().uid.clone().expect("a pod UID"),
+            };
+            pods.delete(&victim.name, &DeleteParams::default().grace_period(0))
+                .await
+                .expect("force-delete the executor pod");
+            return (victim, running);
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no executor ran two jobs at once"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Jobs being processed by the current process of the executor in pod `pod` (executor names are
+/// `<hostname>-<uuid>`, and the hostname is the pod's name).
+fn running_on(jobs: &[JobRecord], pod: &str) -> Vec<i64> {
+    let prefix = format!("{pod}-");
+    jobs.iter()
+        .filter(|j| j.state == JobState::Processing)
+        .filter(|j| {
+            j.executor
+                .as_deref()
+                .and_then(|e| e.strip_prefix(&prefix))
+                .is_some_and(|rest| uuid::Uuid::parse_str(rest).is_ok())
+        })
+        .map(|j| j.id)
+        .collect()
+}
+
+/// Waits until no Job or pod owned by the deleted executor pod remains (garbage collection).
+async fn wait_owned_objects_gone(env: &Env, victim: &Victim, timeout: Duration) {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let params = ListParams::default().labels(JOB_LABEL);
+        let jobs = env.jobs_api().list(&params).await.expect("list jobs").items;
+        let owned: Vec<String> = jobs
+            .iter()
+            .filter(|job| job.owner_references().iter().any(|o| o.uid == victim.uid))
+            .map(ResourceExt::name_any)
+            .collect();
+        if owned.is_empty() {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "Jobs owned by the deleted pod {} remain after {timeout:?}: {owned:?}",
+            victim.name
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// What watches of the namespace's Jobs and pods saw.
+#[derive(Default)]
+struct Census {
+    /// Live (not deleting) Job name -> its instance label.
+    live: BTreeMap<String, String>,
+    /// The relisted Jobs while a watch restarts.
+    relisted: Option<BTreeMap<String, String>>,
+    /// Most live Jobs seen at once per instance.
+    max_per_instance: BTreeMap<String, usize>,
+    /// (instance, node) of every job pod bound to a node.
+    job_nodes: BTreeSet<(String, String)>,
+    /// Executor pod name (= its instance) -> its node.
+    executor_nodes: BTreeMap<String, String>,
+}
+
+impl Census {
+    fn on_job(&mut self, event: watcher::Event<Job>) {
+        match event {
+            watcher::Event::Apply(job) => {
+                let name = job.name_any();
+                match instance_of(&job) {
+                    Some(instance) if job.meta().deletion_timestamp.is_none() => {
+                        self.live.insert(name, instance);
+                    }
+                    _ => {
+                        self.live.remove(&name);
+                    }
+                }
+            }
+            watcher::Event::Delete(job) => {
+                self.live.remove(&job.name_any());
+            }
+            watcher::Event::Init => self.relisted = Some(BTreeMap::new()),
+            watcher::Event::InitApply(job) => {
+                if let (Some(relisted), Some(instance)) = (self.relisted.as_mut(), instance_of(&job))
+                    && job.meta().deletion_timestamp.is_none()
+                {
+                    relisted.insert(job.name_any(), instance);
+                }
+            }
+            watcher::Event::InitDone => self.live = self.relisted.take().unwrap_or_default(),
+        }
+        let mut counts: BTreeMap<&String, usize> = BTreeMap::new();
+        for instance in self.live.values() {
+            *counts.entry(instance).or_default() += 1;
+        }
+        for (instance, count) in counts {
+            let most = self.max_per_instance.entry(instance.clone()).or_default();
+            *most = (*most).max(count);
+        }
+    }
+
+    fn on_pod(&mut self, event: watcher::Event<Pod>) {
+        let (watcher::Event::Apply(pod) | watcher::Event::InitApply(pod)) = event else {
+            return;
+        };
+        let Some(node) = pod.spec.as_ref().and_then(|s| s.node_name.clone()) else {
+            return;
+        };
+        if let Some(instance) = instance_of(&pod) {
+            self.job_nodes.insert((instance, node));
+        } else if pod.labels().get("app.kubernetes.io/name").map(String::as_str) == Some("kube-executor") {
+            self.executor_nodes.insert(pod.name_any(), node);
+        }
+    }
+}
+
+fn instance_of<K: Resource>(object: &K) -> Option<String> {
+    object.meta().labels.as_ref()?.get(INSTANCE_KEY).cloned()
+}
+
+/// Watches of the default namespace's Jobs and pods feeding a [`Census`]; stopped by
+/// [`CensusWatch::stop`] or on drop.
+struct CensusWatch {
+    census: Arc<Mutex<Census>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl CensusWatch {
+    fn start(env: &Env) -> Self {
+        let census = Arc::new(Mutex::new(Census::default()));
+        let jobs = watcher(env.jobs_api(), watcher::Config::default().labels(JOB_LABEL)).default_backoff();
+        let pods = watcher(env.pods_api(), watcher::Config::default()).default_backoff();
+        let tasks = vec![
+            tokio::spawn(feed(jobs, census.clone(), Census::on_job)),
+            tokio::spawn(feed(pods, census.clone(), Census::on_pod)),
+        ];
+        Self { census, tasks }
+    }
+
+    fn stop(self) -> Census {
+        for task in &self.tasks {
+            task.abort();
+        }
+        std::mem::take(&mut *self.census.lock().expect("census lock"))
+    }
+}
+
+impl Drop for CensusWatch {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+async fn feed<K>(
+    stream: impl futures_util::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send,
+    census: Arc<Mutex<Census>>,
+    apply: fn(&mut Census, watcher::Event<K>),
+) {
+    let mut stream = std::pin::pin!(stream);
+    while let Some(event) = stream.next().await {
+        // Errors are retried by the backoff; a restarted watch relists.
+        if let Ok(event) = event {
+            apply(&mut census.lock().expect("census lock"), event);
+        }
+    }
+}
