@@ -99,6 +99,11 @@ pub async fn kube_client(config: &Config, metrics: &Metrics) -> Result<kube::Cli
             .await
             .map_err(|e| RunError::KubeConfig(e.to_string()))?,
     };
+    let mut kube_config = kube_config;
+    // Audit logs and API priority and fairness see which client sent a request by its agent.
+    if let Ok(agent) = http::HeaderValue::from_str(&format!("kube-executor/{}", telemetry::BUILD_VERSION)) {
+        kube_config.headers.push((http::header::USER_AGENT, agent));
+    }
     let builder = kube::client::ClientBuilder::try_from(kube_config)
         .map_err(|e| RunError::KubeConfig(e.to_string()))?;
     Ok(builder
