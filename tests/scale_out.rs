@@ -17,7 +17,7 @@ use futures_util::StreamExt;
 use k8s_openapi::api::{batch::v1::Job, core::v1::Pod};
 use kube::{
     Api, Resource, ResourceExt,
-    api::{DeleteParams, ListParams},
+    api::DeleteParams,
     runtime::{WatchStreamExt, watcher},
 };
 use support::{
@@ -29,7 +29,6 @@ use support::{
 const JOBS: usize = 300;
 const JOB_LABEL: &str = "app.kubernetes.io/managed-by=kube-executor";
 const INSTANCE_KEY: &str = "kube-executor.io/instance";
-const EXECUTOR_POD_LABEL: &str = "app.kubernetes.io/name=kube-executor";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn statefulset_of_three_runs_each_job_once_within_its_slots_and_survives_losing_a_replica() {
@@ -216,23 +215,18 @@ fn completed(jobs: &[JobRecord]) -> usize {
     jobs.iter().filter(|j| j.state == JobState::Completed).count()
 }
 
-/// Polls the frontend's jobs until `done` holds for them.
+/// Waits, on the frontend's changes, until `done` holds for its jobs.
 async fn wait_jobs(env: &Env, timeout: Duration, done: impl Fn(&[JobRecord]) -> bool) -> Vec<JobRecord> {
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        let jobs = env.frontend.jobs();
-        if done(&jobs) {
-            return jobs;
+    match env.frontend.wait_for_jobs(timeout, done).await {
+        Ok(jobs) => jobs,
+        Err(error) => {
+            let states: BTreeMap<&str, usize> =
+                env.frontend.jobs().iter().fold(BTreeMap::new(), |mut count, j| {
+                    *count.entry(j.state.as_str()).or_default() += 1;
+                    count
+                });
+            panic!("{error}: {states:?}")
         }
-        let states: BTreeMap<&str, usize> = jobs.iter().fold(BTreeMap::new(), |mut count, j| {
-            *count.entry(j.state.as_str()).or_default() += 1;
-            count
-        });
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "jobs not done after {timeout:?}: {states:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
 
@@ -245,73 +239,76 @@ struct Victim {
 /// Force-deletes (grace period 0, as when a node is lost) the executor pod running the most jobs,
 /// once one runs at least two; returns it and the ids of the jobs it was running.
 async fn delete_busiest_executor_pod(env: &Env) -> (Victim, Vec<i64>) {
+    let jobs = wait_jobs(env, Duration::from_secs(120), |jobs| {
+        busiest_executor(jobs).is_some_and(|(_, running)| running.len() >= 2)
+    })
+    .await;
+    let (name, running) = busiest_executor(&jobs).expect("an executor running two jobs");
     let pods: Api<Pod> = Api::namespaced(env.cluster.client(), "default");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-    loop {
-        let executor_pods = pods
-            .list(&ListParams::default().labels(EXECUTOR_POD_LABEL))
-            .await
-            .expect("list executor pods");
-        let jobs = env.frontend.jobs();
-        let busiest = executor_pods
-            .items
-            .iter()
-            .map(|pod| (pod, running_on(&jobs, &pod.name_any())))
-            .max_by_key(|(_, running)| running.len());
-        if let Some((pod, running)) = busiest.filter(|(_, running)| running.len() >= 2) {
-            let victim = Victim {
-                name: pod.name_any(),
-                uid: pod.meta().uid.clone().expect("a pod UID"),
-            };
-            pods.delete(&victim.name, &DeleteParams::default().grace_period(0))
-                .await
-                .expect("force-delete the executor pod");
-            return (victim, running);
+    let pod = pods.get(&name).await.expect("the busiest executor's pod");
+    let victim = Victim {
+        name,
+        uid: pod.meta().uid.clone().expect("a pod UID"),
+    };
+    pods.delete(&victim.name, &DeleteParams::default().grace_period(0))
+        .await
+        .expect("force-delete the executor pod");
+    (victim, running)
+}
+
+/// The executor pod processing the most jobs, and their ids. Executor names are
+/// `<hostname>-<uuid>`, and the hostname is the pod's name.
+fn busiest_executor(jobs: &[JobRecord]) -> Option<(String, Vec<i64>)> {
+    let mut by_pod: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+    for job in jobs.iter().filter(|j| j.state == JobState::Processing) {
+        let pod = job.executor.as_deref().and_then(|name| {
+            let (pod, id) = name.split_at_checked(name.len().checked_sub(37)?)?;
+            (id.starts_with('-') && uuid::Uuid::parse_str(&id[1..]).is_ok()).then(|| pod.to_string())
+        });
+        if let Some(pod) = pod {
+            by_pod.entry(pod).or_default().push(job.id);
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no executor ran two jobs at once"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    by_pod.into_iter().max_by_key(|(_, running)| running.len())
 }
 
-/// Jobs being processed by the current process of the executor in pod `pod` (executor names are
-/// `<hostname>-<uuid>`, and the hostname is the pod's name).
-fn running_on(jobs: &[JobRecord], pod: &str) -> Vec<i64> {
-    let prefix = format!("{pod}-");
-    jobs.iter()
-        .filter(|j| j.state == JobState::Processing)
-        .filter(|j| {
-            j.executor
-                .as_deref()
-                .and_then(|e| e.strip_prefix(&prefix))
-                .is_some_and(|rest| uuid::Uuid::parse_str(rest).is_ok())
-        })
-        .map(|j| j.id)
-        .collect()
-}
-
-/// Waits until no Job or pod owned by the deleted executor pod remains (garbage collection).
+/// Waits, on a watch of the Jobs, until none owned by the deleted executor pod remains (garbage
+/// collection).
 async fn wait_owned_objects_gone(env: &Env, victim: &Victim, timeout: Duration) {
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        let params = ListParams::default().labels(JOB_LABEL);
-        let jobs = env.jobs_api().list(&params).await.expect("list jobs").items;
-        let owned: Vec<String> = jobs
-            .iter()
-            .filter(|job| job.owner_references().iter().any(|o| o.uid == victim.uid))
-            .map(ResourceExt::name_any)
-            .collect();
-        if owned.is_empty() {
-            return;
+    let owned_by_victim = |job: &Job| job.owner_references().iter().any(|o| o.uid == victim.uid);
+    let events = watcher(env.jobs_api(), watcher::Config::default().labels(JOB_LABEL)).default_backoff();
+    let mut events = std::pin::pin!(events);
+    let (mut owned, mut relisted, mut synced) = (BTreeSet::new(), BTreeSet::new(), false);
+    let gone = async {
+        while let Some(event) = events.next().await {
+            match event {
+                Ok(watcher::Event::Init) => relisted.clear(),
+                Ok(watcher::Event::InitApply(job)) if owned_by_victim(&job) => {
+                    relisted.insert(job.name_any());
+                }
+                Ok(watcher::Event::InitDone) => {
+                    owned = std::mem::take(&mut relisted);
+                    synced = true;
+                }
+                Ok(watcher::Event::Apply(job)) if owned_by_victim(&job) => {
+                    owned.insert(job.name_any());
+                }
+                Ok(watcher::Event::Delete(job)) => {
+                    owned.remove(&job.name_any());
+                }
+                // Other Jobs, and errors the backoff retries (a restarted watch relists).
+                _ => {}
+            }
+            if synced && owned.is_empty() {
+                return;
+            }
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
+    };
+    if tokio::time::timeout(timeout, gone).await.is_err() {
+        panic!(
             "Jobs owned by the deleted pod {} remain after {timeout:?}: {owned:?}",
             victim.name
         );
-        tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
 

@@ -83,6 +83,10 @@ pub enum Error {
     },
     #[error("the frontend shut down while waiting for job {queue}/{id}")]
     FrontendStopped { queue: String, id: i64 },
+    #[error("the jobs did not reach the awaited state within {timeout:?}")]
+    WaitAllTimedOut { timeout: Duration },
+    #[error("the frontend stopped while waiting for its jobs")]
+    FrontendStoppedAll,
     #[error("{0}")]
     Cli(#[from] cli::CliError),
 }
@@ -350,6 +354,33 @@ impl DevFrontend {
                         last_state,
                     });
                 }
+            }
+        }
+    }
+
+    /// Waits until `pred` holds for all jobs (of every queue), checking after each change the
+    /// frontend records, and returns them at that moment.
+    ///
+    /// # Errors
+    /// [`Error::WaitAllTimedOut`] when `timeout` passes first; [`Error::FrontendStoppedAll`] when
+    /// the frontend stops.
+    pub async fn wait_for_jobs(
+        &self,
+        timeout: Duration,
+        pred: impl Fn(&[JobRecord]) -> bool,
+    ) -> Result<Vec<JobRecord>, Error> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut changes = self.shared.subscribe();
+        loop {
+            changes.borrow_and_update();
+            let jobs = self.jobs();
+            if pred(&jobs) {
+                return Ok(jobs);
+            }
+            match tokio::time::timeout_at(deadline, changes.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return Err(Error::FrontendStoppedAll),
+                Err(_) => return Err(Error::WaitAllTimedOut { timeout }),
             }
         }
     }
