@@ -122,7 +122,7 @@ impl TestCluster {
         running.spawn(
             API_SERVER,
             &binaries.api_server,
-            &api_server_args(&pki, &etcd_url, api_port, &token_file),
+            &api_server_args(&pki, &etcd_url, api_port, &token_file, &audit_args(&dir)?),
         )?;
 
         let kubeconfig_path = dir.join("kubeconfig");
@@ -261,6 +261,11 @@ impl TestCluster {
         self.node_names.clone()
     }
 
+    /// The API server's audit log (see [`AUDIT_LOG`]).
+    pub fn audit_log_path(&self) -> PathBuf {
+        self.running.dir.join(AUDIT_LOG)
+    }
+
     /// Process id of the kube-apiserver, for tests that make it unreachable (SIGSTOP/SIGCONT).
     pub fn api_server_pid(&self) -> Option<u32> {
         self.running
@@ -345,8 +350,28 @@ impl TestCluster {
     }
 }
 
-fn api_server_args(pki: &Pki, etcd_url: &str, port: u16, token_file: &Path) -> Vec<String> {
-    vec![
+/// Where the API server writes its audit log: one JSON line per request as it is received.
+pub const AUDIT_LOG: &str = "audit.log";
+
+/// Audit flags for the API server, writing the policy next to the log: metadata only (never a
+/// body, so never a Secret's value), one event per request, so a test can count the requests of
+/// each client by its user agent.
+fn audit_args(dir: &Path) -> Result<[String; 4]> {
+    let policy = dir.join("audit-policy.yaml");
+    write_file(
+        &policy,
+        b"apiVersion: audit.k8s.io/v1\nkind: Policy\nomitStages: [ResponseStarted, ResponseComplete, Panic]\nrules:\n- level: Metadata\n",
+    )?;
+    Ok([
+        format!("--audit-policy-file={}", policy.display()),
+        format!("--audit-log-path={}", dir.join(AUDIT_LOG).display()),
+        "--audit-log-format=json".to_owned(),
+        "--audit-log-maxsize=0".to_owned(),
+    ])
+}
+
+fn api_server_args(pki: &Pki, etcd_url: &str, port: u16, token_file: &Path, audit: &[String]) -> Vec<String> {
+    let mut args = vec![
         format!("--etcd-servers={etcd_url}"),
         "--bind-address=127.0.0.1".to_owned(),
         format!("--secure-port={port}"),
@@ -375,7 +400,9 @@ fn api_server_args(pki: &Pki, etcd_url: &str, port: u16, token_file: &Path) -> V
         "--kubelet-preferred-address-types=InternalIP,Hostname".to_owned(),
         "--feature-gates=TTLAfterFinished=true".to_owned(),
         "--profiling=false".to_owned(),
-    ]
+    ];
+    args.extend_from_slice(audit);
+    args
 }
 
 async fn api_server_ready(client: &kube::Client) -> bool {
