@@ -57,6 +57,7 @@ pub struct Round {
     pub concurrency: usize,
     pub replicas: usize,
     pub jobs: usize,
+    pub completed: usize,
     pub overheads: Overheads,
     pub requests: Counts,
     pub jobs_per_minute: f64,
@@ -212,6 +213,13 @@ fn verdicts(results: &Results) -> Vec<(bool, String)> {
             format!(
                 "{} at {}: {watches:.3} watches per job, shared by all jobs (target < 0.1)",
                 round.label, round.concurrency
+            ),
+        );
+        check(
+            round.completed == round.jobs,
+            format!(
+                "{} at {}: {} of {} jobs completed",
+                round.label, round.concurrency, round.completed, round.jobs
             ),
         );
         let slots = round.concurrency.div_ceil(round.replicas.max(1));

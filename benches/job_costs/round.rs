@@ -42,6 +42,7 @@ pub async fn floor(env: &Arc<Env>, observer: &Arc<Observer>, jobs: usize) -> Rou
         concurrency: 10,
         replicas: 0,
         jobs,
+        completed: completed(&records),
         overheads: overheads(observer, &records),
         requests: audit::Counts::new(),
         jobs_per_minute: jobs as f64 / elapsed.as_secs_f64() * 60.0,
@@ -82,6 +83,7 @@ pub async fn executors(
         concurrency,
         replicas,
         jobs,
+        completed: completed(&records),
         overheads: overheads(observer, &records),
         requests: audit.take(EXECUTOR_AGENT),
         jobs_per_minute: jobs as f64 / elapsed * 60.0,
@@ -122,7 +124,7 @@ pub async fn streaming(env: &Arc<Env>, concurrency: usize) -> Streaming {
     let ramp_seconds = started.elapsed().as_secs_f64();
     gate.open();
     let records = terminal_records(env, &ids).await;
-    let completed = records.iter().filter(|r| r.state == JobState::Completed).count();
+    let completed = completed(&records);
     let peak = executor.peak_rss_kib();
     drop(executor);
     env.wait_no_objects(Duration::from_secs(300)).await;
@@ -141,17 +143,29 @@ fn spawn(env: &Env, instance: &str, slots: usize) -> Executor {
         ("HOSTNAME", instance),
         ("EXECUTOR_MAXIMUM_NUM_JOBS", &slots.to_string()),
         ("RUST_LOG", "warn"),
+        // Hundreds of Jobs at once queue up in the controller-manager on this small machine; the
+        // bench measures that wait rather than failing the jobs it delays.
+        ("KUBERNETES_JOB_POD_CREATION_TIMEOUT", "10m"),
+        ("KUBERNETES_JOB_PENDING_TIMEOUT", "10m"),
     ])
 }
 
+/// The jobs' records once each is terminal; a job that did not complete is reported by the round
+/// (and fails the bench), not a reason to stop measuring.
 async fn terminal_records(env: &Env, ids: &[i64]) -> Vec<JobRecord> {
     let mut records = Vec::with_capacity(ids.len());
     for id in ids {
         let record = env.wait_terminal(*id, ROUND_TIMEOUT).await;
-        assert_eq!(record.state, JobState::Completed, "job {id}: {record:#?}");
+        if record.state != JobState::Completed {
+            eprintln!("job {id} ended {:?}: {:?}", record.state, record.error_message);
+        }
         records.push(record);
     }
     records
+}
+
+fn completed(records: &[JobRecord]) -> usize {
+    records.iter().filter(|r| r.state == JobState::Completed).count()
 }
 
 fn mark_time(record: &JobRecord) -> Option<Timestamp> {
