@@ -273,14 +273,17 @@ impl TestCluster {
         &self.etcd_url
     }
 
-    /// SIGKILLs the kube-apiserver and starts it again on the same port with the same certificates
-    /// and etcd, returning once its `/readyz` passes again, `down_for` after the kill.
+    /// SIGKILLs the kube-apiserver: every request and watch fails until [`Self::start_api_server`].
+    pub fn kill_api_server(&mut self) {
+        self.running.kill(API_SERVER);
+    }
+
+    /// Starts a killed kube-apiserver again on the same port with the same certificates and etcd,
+    /// returning once its `/readyz` passes.
     ///
     /// # Errors
     /// When it cannot be started again or does not become ready in time.
-    pub async fn restart_api_server(&mut self, down_for: Duration) -> Result<()> {
-        self.running.kill(API_SERVER);
-        tokio::time::sleep(down_for).await;
+    pub async fn start_api_server(&mut self) -> Result<()> {
         self.running.respawn(API_SERVER)?;
         let client = self.client.clone();
         self.running
@@ -530,6 +533,9 @@ impl Running {
 
     /// Starts `component` again with the program and arguments it was first started with.
     fn respawn(&mut self, component: &'static str) -> Result<()> {
+        if self.pid_of(component).is_some() {
+            return Err(Error::SpawnerUnavailable(format!("{component} is still running")));
+        }
         let Some((_, program, args)) = self
             .commands
             .iter()

@@ -1,0 +1,99 @@
+//! Scenario 3: the frontend answers 500 and 503, hangs, loses the answers to log uploads and to
+//! marks it applied, and recovers; the fault proxy between the executor and the dev frontend does it.
+
+use std::time::{Duration, Instant};
+
+use super::Plan;
+use crate::{
+    bed::{Bed, Setup},
+    proxy::Fault,
+    report::Figures,
+    workload::Kind,
+};
+
+const LOG_ROUTES: &[&str] = &["/addExecutionLogEntry", "/updateExecutionLogEntry"];
+/// The longest a fault on some routes waits for a request to meet it.
+const ROUTE_FAULT_LIMIT: Duration = Duration::from_secs(60);
+const MARK_ROUTES: &[&str] = &["/markComplete", "/markErrored", "/markFailed"];
+
+pub async fn frontend_faults(plan: &Plan) -> Figures {
+    let mut bed = Bed::start(
+        "3. frontend 500/503, hanging, lost answers",
+        Setup {
+            proxy: true,
+            ..Setup::new(4)
+        },
+    )
+    .await;
+    bed.enqueue(plan.jobs(16), plan.shape(), |_| Kind::Numbered);
+    bed.wait_running(2, plan.wait()).await;
+    let short = plan.fault_time(Duration::from_secs(10));
+    let phases: Vec<(Fault, &[&'static str], Duration, String)> = vec![
+        (
+            Fault::Status(500),
+            &[],
+            short,
+            "every request answered 500".into(),
+        ),
+        (
+            Fault::Status(503),
+            &[],
+            short,
+            "every request answered 503".into(),
+        ),
+        (
+            Fault::Hang,
+            &[],
+            plan.fault_time(Duration::from_secs(30)),
+            "every request held unanswered".into(),
+        ),
+        (
+            Fault::ForwardThenStatus(503),
+            LOG_ROUTES,
+            short,
+            "log uploads applied, then answered 503".into(),
+        ),
+        (
+            Fault::ForwardThenStatus(503),
+            MARK_ROUTES,
+            short,
+            "marks applied, then answered 503".into(),
+        ),
+    ];
+    for (fault, routes, duration, description) in phases {
+        run_phase(&mut bed, fault, routes, duration, &description).await;
+        bed.wait_running(1, plan.wait()).await;
+    }
+    let faulted = bed.proxy.as_ref().map_or(0, |p| p.faulted());
+    bed.figures.notes.push(format!("{faulted} requests met a fault"));
+    bed.finish(plan.finish()).await
+}
+
+async fn run_phase(
+    bed: &mut Bed,
+    fault: Fault,
+    routes: &'static [&'static str],
+    duration: Duration,
+    what: &str,
+) {
+    let Some(proxy) = &bed.proxy else { return };
+    let before = proxy.faulted();
+    proxy.set(fault, routes);
+    let started = Instant::now();
+    tokio::time::sleep(duration).await;
+    // A fault on some routes lasts until a request has met it (marks come only as jobs end).
+    while !routes.is_empty() && proxy.faulted() == before && started.elapsed() < ROUTE_FAULT_LIMIT {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    proxy.set(Fault::Pass, &[]);
+    let met = proxy.faulted() - before;
+    bed.fault_ended(
+        &format!("{what} for {duration:?} ({met} requests)"),
+        Instant::now(),
+    );
+    if met == 0 {
+        bed.figures
+            .problems
+            .push(format!("no request met the fault \"{what}\""));
+    }
+}
