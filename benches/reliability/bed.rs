@@ -49,6 +49,7 @@ pub struct Bed {
     pub figures: Figures,
     executor_env: Vec<(&'static str, String)>,
     launched: Vec<Launched>,
+    executor_logs: Vec<std::path::PathBuf>,
     /// Set when the scenario itself ended the executor, so its exit is no crash.
     executor_ended_on_purpose: bool,
 }
@@ -77,6 +78,7 @@ impl Bed {
         let ready = ReadySampler::start(executor.health);
         let mut figures = Figures::new(name);
         figures.limit = setup.limit;
+        let executor_logs = vec![executor.log.clone()];
         Bed {
             env,
             proxy,
@@ -87,6 +89,7 @@ impl Bed {
             figures,
             executor_env,
             launched: Vec::new(),
+            executor_logs,
             executor_ended_on_purpose: false,
         }
     }
@@ -133,6 +136,7 @@ impl Bed {
     /// Starts a new executor process with the same settings and follows it.
     pub fn restart_executor(&mut self) {
         self.executor = spawn(&self.env, &self.executor_env);
+        self.executor_logs.push(self.executor.log.clone());
         self.memory.follow(self.executor.pid());
         self.ready.follow(self.executor.health);
         self.executor_ended_on_purpose = false;
@@ -176,13 +180,36 @@ impl Bed {
         }
         let tally = checks::judge(&self.env.frontend, &self.monitor, &self.launched);
         let leaked = checks::leftovers(&self.env, Duration::from_secs(60)).await;
+        let recovery = self.recovery();
         let mut figures = std::mem::replace(&mut self.figures, Figures::new(""));
-        figures.absorb(tally, self.launched.len(), leaked);
+        figures.absorb(tally, self.launched.len(), leaked.len());
+        if !leaked.is_empty() {
+            figures.problems.push(format!("left in the cluster: {}", leaked.join(", ")));
+        }
         figures.max_concurrency = self.monitor.max_active();
-        figures.recovery = self.recovery();
+        figures.recovery = recovery;
         figures.peak_rss_kib = figures.peak_rss_kib.max(self.memory.peak_kib());
         self.check_executor_alive(&mut figures).await;
+        if !figures.passed() {
+            self.print_executor_logs();
+        }
         figures
+    }
+
+    /// What explains a failure: every executor process's log at info and above, to stderr (the
+    /// logs live in the cluster's directory, which is removed with it).
+    fn print_executor_logs(&self) {
+        for log in &self.executor_logs {
+            let text = std::fs::read_to_string(log).unwrap_or_default();
+            let notable: Vec<&str> = text
+                .lines()
+                .filter(|l| !l.contains(" DEBUG ") || l.contains("k8s::watch") || l.contains("job::supervise"))
+                .collect();
+            eprintln!("---- {} (info and above, last 300 lines) ----", log.display());
+            for line in &notable[notable.len().saturating_sub(300)..] {
+                eprintln!("{line}");
+            }
+        }
     }
 
     fn all_terminal(&self) -> bool {
@@ -220,6 +247,10 @@ impl Bed {
                 .push("/readyz failed after the scenario had recovered".into());
         }
         self.executor.signal(15);
+        if !self.all_terminal() {
+            // Jobs still running are a failure already; a second signal stops them promptly.
+            self.executor.signal(15);
+        }
         let status = self.executor.wait_exit(Duration::from_secs(120)).await;
         if !status.success() {
             figures

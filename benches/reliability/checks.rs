@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use dev_frontend::{DevFrontend, JobRecord, JobState, LogEntryRecord};
 
-use k8s_openapi::api::core::v1::PersistentVolumeClaim;
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Secret};
 use kube::{Api, api::ListParams};
 
 use crate::{
@@ -157,25 +157,38 @@ fn wrong_lines(entry: &LogEntryRecord, step: &str, stream: &str, expected: usize
     wrong_here + missing
 }
 
-/// This executor's Jobs, pods, Secrets and PVCs still in the cluster after `timeout`.
-pub async fn leftovers(env: &Env, timeout: Duration) -> usize {
+/// This executor's Jobs, pods, Secrets and PVCs still in the cluster after `timeout`, as
+/// `kind/name`.
+pub async fn leftovers(env: &Env, timeout: Duration) -> Vec<String> {
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
-        let count = count_objects(env).await;
-        if count == Some(0) || tokio::time::Instant::now() >= deadline {
-            return count.unwrap_or(usize::MAX);
+        let found = list_objects(env).await;
+        let done = found.as_ref().is_some_and(Vec::is_empty);
+        if done || tokio::time::Instant::now() >= deadline {
+            return found.unwrap_or_else(|| vec!["(the cluster could not be listed)".to_string()]);
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
 
-async fn count_objects(env: &Env) -> Option<usize> {
+async fn list_objects(env: &Env) -> Option<Vec<String>> {
     let params = ListParams::default().labels(&format!("kube-executor.io/instance={INSTANCE}"));
-    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(env.cluster.client(), "default");
-    let claims = pvcs.list(&params).await.ok()?.items.len();
-    let jobs = env.jobs_api().list(&params).await.ok()?.items.len();
-    let pods = env.pods_api().list(&params).await.ok()?.items.len();
-    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(env.cluster.client(), "default");
-    let secrets = secrets.list(&params).await.ok()?.items.len();
-    Some(jobs + pods + secrets + claims)
+    let client = env.cluster.client();
+    let mut found = Vec::new();
+    let names = |kind: &str, items: Vec<Option<String>>| -> Vec<String> {
+        items.into_iter().map(|n| format!("{kind}/{}", n.unwrap_or_default())).collect()
+    };
+    let jobs = env.jobs_api().list(&params).await.ok()?.items;
+    found.extend(names("Job", jobs.into_iter().map(|o| o.metadata.name).collect()));
+    let pods = env.pods_api().list(&params).await.ok()?.items;
+    found.extend(names("Pod", pods.into_iter().map(|o| o.metadata.name).collect()));
+    let secrets = Api::<Secret>::namespaced(client.clone(), "default").list(&params).await.ok()?.items;
+    found.extend(names("Secret", secrets.into_iter().map(|o| o.metadata.name).collect()));
+    let claims = Api::<PersistentVolumeClaim>::namespaced(client, "default")
+        .list(&params)
+        .await
+        .ok()?
+        .items;
+    found.extend(names("PersistentVolumeClaim", claims.into_iter().map(|o| o.metadata.name).collect()));
+    Some(found)
 }

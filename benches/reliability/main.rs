@@ -107,15 +107,28 @@ async fn run_all(args: &Args) -> Vec<Figures> {
         eprintln!("==> scenario {name}");
         let started = Instant::now();
         let mut task = tokio::spawn(scenario(plan));
-        let figures = match tokio::time::timeout(SCENARIO_LIMIT, &mut task).await {
-            Ok(Ok(figures)) => figures,
-            Ok(Err(error)) => Figures::aborted(name, panic_text(error)),
-            Err(_) => {
+        let outcome = tokio::select! {
+            outcome = tokio::time::timeout(SCENARIO_LIMIT, &mut task) => Some(outcome),
+            _ = tokio::signal::ctrl_c() => None,
+        };
+        let figures = match outcome {
+            Some(Ok(Ok(figures))) => figures,
+            Some(Ok(Err(error))) => Figures::aborted(name, panic_text(error)),
+            Some(Err(_)) | None => {
                 // Aborting drops the scenario's world, which stops its processes and removes its
                 // directories.
                 task.abort();
                 let _ = task.await;
-                Figures::aborted(name, format!("did not finish within {SCENARIO_LIMIT:?}"))
+                let why = if outcome.is_none() {
+                    "interrupted (SIGINT)".to_owned()
+                } else {
+                    format!("did not finish within {SCENARIO_LIMIT:?}")
+                };
+                results.push(Figures::aborted(name, why));
+                if outcome.is_none() {
+                    return results;
+                }
+                continue;
             }
         };
         eprintln!(

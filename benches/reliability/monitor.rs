@@ -34,6 +34,8 @@ struct JobsSeen {
     max_active: usize,
     /// When each new Job UID was first seen.
     created: Vec<Instant>,
+    /// UIDs listed so far by a re-list in progress.
+    relisted: Option<BTreeSet<String>>,
 }
 
 impl ClusterMonitor {
@@ -42,7 +44,7 @@ impl ClusterMonitor {
         let stop = CancellationToken::new();
         let jobs: Api<Job> = Api::namespaced(client, "default");
         let config = watcher::Config::default().labels(&format!("kube-executor.io/instance={INSTANCE}"));
-        let stream = watcher(jobs, config).default_backoff().applied_objects();
+        let stream = watcher(jobs, config).default_backoff();
         let seen = state.clone();
         let stopped = stop.clone();
         tokio::spawn(async move {
@@ -53,7 +55,7 @@ impl ClusterMonitor {
                     next = stream.next() => next,
                 };
                 match next {
-                    Some(Ok(job)) => lock(&seen).observe(&job),
+                    Some(Ok(event)) => lock(&seen).apply(event),
                     // The watcher re-lists by itself (the API server may be down on purpose).
                     Some(Err(_)) => {}
                     None => return,
@@ -91,6 +93,34 @@ impl Drop for ClusterMonitor {
 }
 
 impl JobsSeen {
+    fn apply(&mut self, event: watcher::Event<Job>) {
+        match event {
+            // A re-list: what it holds replaces the active set at its end.
+            watcher::Event::Init => self.relisted = Some(BTreeSet::new()),
+            watcher::Event::InitApply(job) => {
+                self.observe(&job);
+                if let (Some(listed), Some(uid)) = (self.relisted.as_mut(), job.metadata.uid.clone()) {
+                    listed.insert(uid);
+                }
+            }
+            watcher::Event::InitDone => {
+                if let Some(listed) = self.relisted.take() {
+                    self.active.retain(|uid| listed.contains(uid));
+                }
+                self.max_active = self.max_active.max(self.active.len());
+            }
+            watcher::Event::Apply(job) => {
+                self.observe(&job);
+                self.max_active = self.max_active.max(self.active.len());
+            }
+            watcher::Event::Delete(job) => {
+                if let Some(uid) = &job.metadata.uid {
+                    self.active.remove(uid);
+                }
+            }
+        }
+    }
+
     fn observe(&mut self, job: &Job) {
         let (Some(name), Some(uid)) = (job.metadata.name.clone(), job.metadata.uid.clone()) else {
             return;
@@ -104,7 +134,6 @@ impl JobsSeen {
         } else {
             self.active.insert(uid);
         }
-        self.max_active = self.max_active.max(self.active.len());
     }
 }
 

@@ -153,7 +153,7 @@ struct Feed {
 
 /// First wait before a failed watch is started again; doubled per consecutive failure.
 const RESTART_DELAY: Duration = Duration::from_millis(500);
-const RESTART_DELAY_MAX: Duration = Duration::from_secs(15);
+const RESTART_DELAY_MAX: Duration = Duration::from_secs(5);
 
 /// Keeps `writer`'s store in line with the cluster, starting a fresh watcher from `start` after
 /// every error.

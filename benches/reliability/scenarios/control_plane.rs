@@ -51,7 +51,7 @@ pub async fn api_server_restart(plan: &Plan) -> Figures {
     );
     match deleted {
         Ok(()) => bed.figures.faults.push(format!(
-            "the Job of running job {victim} deleted from etcd while the API server was down"
+            "the Job of running job {victim} and its pod deleted from etcd while the API server was down"
         )),
         Err(e) => bed
             .figures
@@ -65,11 +65,15 @@ pub async fn api_server_restart(plan: &Plan) -> Figures {
 
 pub async fn watches_expired(plan: &Plan) -> Figures {
     let mut bed = Bed::start("2. watches expired (410 Gone)", Setup::new(4)).await;
-    bed.enqueue(plan.jobs(12), plan.shape(), |_| Kind::Numbered);
-    bed.wait_running(2, plan.wait()).await;
     let etcd = bed.env.cluster.etcd_url().to_owned();
-    let old_version = jobs_resource_version(&bed).await;
+    let mut old_version = None;
     for round in 0..2 {
+        // Fresh jobs each round, so some are running when the watches expire.
+        bed.enqueue(plan.jobs(8), plan.shape(), |_| Kind::Numbered);
+        bed.wait_running(2, plan.wait()).await;
+        if old_version.is_none() {
+            old_version = jobs_resource_version(&bed).await;
+        }
         match compact(&etcd).await {
             Ok(revision) => bed
                 .figures
@@ -93,7 +97,6 @@ pub async fn watches_expired(plan: &Plan) -> Figures {
             Instant::now(),
         );
         expect_readiness_dip(&mut bed, cut, Instant::now()).await;
-        bed.wait_running(1, plan.wait()).await;
     }
     match old_version {
         Some(version) => match watch_status(&bed, &version).await {
@@ -175,13 +178,25 @@ fn b64(text: &str) -> String {
     base64::engine::general_purpose::STANDARD.encode(text)
 }
 
+/// Deletes the Job of queue job `id` and its pods from etcd, as a cascading delete during the
+/// outage would have left them (the API server and its watchers never see it happen).
 async fn delete_job_in_etcd(etcd: &str, id: i64) -> Result<(), String> {
-    let key = format!("/registry/jobs/default/sg-executor-job-batches-{id}");
-    let answer = etcd_post(etcd, "/v3/kv/deleterange", json!({"key": b64(&key)})).await?;
-    match answer["deleted"].as_str() {
-        Some("1") => Ok(()),
-        _ => Err(format!("etcd deleted nothing: {answer}")),
+    let name = format!("sg-executor-job-batches-{id}");
+    let job = format!("/registry/jobs/default/{name}");
+    let answer = etcd_post(etcd, "/v3/kv/deleterange", json!({"key": b64(&job)})).await?;
+    if answer["deleted"].as_str() != Some("1") {
+        return Err(format!("etcd deleted no Job: {answer}"));
     }
+    // Every key starting with the pods' prefix: the range ends where the prefix's last byte + 1 starts.
+    let pods = format!("/registry/pods/default/{name}-");
+    let end = format!("/registry/pods/default/{name}.");
+    etcd_post(
+        etcd,
+        "/v3/kv/deleterange",
+        json!({"key": b64(&pods), "range_end": b64(&end)}),
+    )
+    .await?;
+    Ok(())
 }
 
 /// Compacts etcd's history up to its current revision; returns that revision.

@@ -25,8 +25,6 @@ pub async fn frontend_faults(plan: &Plan) -> Figures {
         },
     )
     .await;
-    bed.enqueue(plan.jobs(16), plan.shape(), |_| Kind::Numbered);
-    bed.wait_running(2, plan.wait()).await;
     let short = plan.fault_time(Duration::from_secs(10));
     let phases: Vec<(Fault, &[&'static str], Duration, String)> = vec![
         (
@@ -61,8 +59,10 @@ pub async fn frontend_faults(plan: &Plan) -> Figures {
         ),
     ];
     for (fault, routes, duration, description) in phases {
+        // Fresh jobs each phase, so some are running (uploading, about to be marked) when it starts.
+        bed.enqueue(plan.jobs(6), plan.shape(), |_| Kind::Numbered);
+        bed.wait_running(2, plan.wait()).await;
         run_phase(&mut bed, fault, routes, duration, &description).await;
-        bed.wait_running(1, plan.wait()).await;
     }
     let faulted = bed.proxy.as_ref().map_or(0, |p| p.faulted());
     bed.figures.notes.push(format!("{faulted} requests met a fault"));

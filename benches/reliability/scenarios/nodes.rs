@@ -35,13 +35,16 @@ pub async fn pods_and_nodes(plan: &Plan) -> Figures {
         },
     )
     .await;
-    bed.enqueue(plan.jobs(16), plan.shape(), |_| Kind::Numbered);
-
+    // Fresh jobs before each fault, so some are running when it strikes.
+    let batch = plan.jobs(6);
+    bed.enqueue(batch, plan.shape(), |_| Kind::Numbered);
     bed.wait_running(2, plan.wait()).await;
     disturb_a_pod(&mut bed, false).await;
+    bed.enqueue(batch, plan.shape(), |_| Kind::Numbered);
     bed.wait_running(2, plan.wait()).await;
     disturb_a_pod(&mut bed, true).await;
 
+    bed.enqueue(batch, plan.shape(), |_| Kind::Numbered);
     bed.wait_running(2, plan.wait()).await;
     match mark_node_not_ready(&bed).await {
         Ok(()) => bed.fault_ended(
@@ -54,6 +57,7 @@ pub async fn pods_and_nodes(plan: &Plan) -> Figures {
             .push(format!("could not mark node-1 NotReady: {e}")),
     }
 
+    bed.enqueue(batch, plan.shape(), |_| Kind::Numbered);
     bed.wait_running(2, plan.wait()).await;
     allow_retry_of_running(&mut bed);
     bed.env.cluster.kill_node_agent();
