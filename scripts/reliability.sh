@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 #! Runs the reliability suite (fault scenarios on a local control plane) and writes its report to docs/reliability.md.
 #
-# Usage: scripts/reliability.sh [--quick] [--only SCENARIO[,SCENARIO...]]
+# Usage: scripts/reliability.sh [--quick] [--no-write] [--only SCENARIO[,SCENARIO...]]
 #
 # Builds the test profile once (the same build `cargo test` uses), then runs the harness in
 # benches/reliability/: eight scenarios, each with its own control plane (etcd, kube-apiserver,
@@ -11,8 +11,8 @@
 #   3. frontend 500/503/hanging/lost answers  7. hostile payloads mixed in
 #   4. executor SIGKILLed and restarted       8. soak at concurrency 20 (500 jobs; 100 with --quick)
 # --quick shortens streams and faults (about 5-7 minutes on 2 cores). The report table goes to
-# stdout and to docs/reliability.md (with --only, to stdout only, so the committed report stays
-# whole). Exits non-zero when any job was lost or ran twice, any object or log line was lost,
+# stdout and to docs/reliability.md (with --no-write or --only, to stdout only: scripts/test.sh
+# checks without rewriting the committed report, and a partial run never replaces it). Exits non-zero when any job was lost or ran twice, any object or log line was lost,
 # duplicated or left behind, the concurrency limit was exceeded, or any other assertion failed.
 # Each scenario stops its processes and removes its directories even when it fails.
 set -euo pipefail
@@ -25,8 +25,10 @@ report="docs/reliability.md"
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) args+=(--quick) ;;
-    --only) args+=(--only "$2"); report=""; shift ;;
-    *) echo "usage: scripts/reliability.sh [--quick] [--only SCENARIO,...]" >&2; exit 2 ;;
+    --no-write) report="" ;;
+    --only) [ $# -ge 2 ] || { echo "--only needs scenario names" >&2; exit 2; }
+            args+=(--only "$2"); report=""; shift ;;
+    *) echo "usage: scripts/reliability.sh [--quick] [--no-write] [--only SCENARIO,...]" >&2; exit 2 ;;
   esac
   shift
 done
