@@ -184,7 +184,9 @@ impl Bed {
         let mut figures = std::mem::replace(&mut self.figures, Figures::new(""));
         figures.absorb(tally, self.launched.len(), leaked.len());
         if !leaked.is_empty() {
-            figures.problems.push(format!("left in the cluster: {}", leaked.join(", ")));
+            figures
+                .problems
+                .push(format!("left in the cluster: {}", leaked.join(", ")));
         }
         figures.max_concurrency = self.monitor.max_active();
         figures.recovery = recovery;
@@ -203,7 +205,9 @@ impl Bed {
             let text = std::fs::read_to_string(log).unwrap_or_default();
             let notable: Vec<&str> = text
                 .lines()
-                .filter(|l| !l.contains(" DEBUG ") || l.contains("k8s::watch") || l.contains("job::supervise"))
+                .filter(|l| {
+                    !l.contains(" DEBUG ") || l.contains("k8s::watch") || l.contains("job::supervise")
+                })
                 .collect();
             eprintln!("---- {} (info and above, last 300 lines) ----", log.display());
             for line in &notable[notable.len().saturating_sub(300)..] {

@@ -176,19 +176,32 @@ async fn list_objects(env: &Env) -> Option<Vec<String>> {
     let client = env.cluster.client();
     let mut found = Vec::new();
     let names = |kind: &str, items: Vec<Option<String>>| -> Vec<String> {
-        items.into_iter().map(|n| format!("{kind}/{}", n.unwrap_or_default())).collect()
+        items
+            .into_iter()
+            .map(|n| format!("{kind}/{}", n.unwrap_or_default()))
+            .collect()
     };
     let jobs = env.jobs_api().list(&params).await.ok()?.items;
     found.extend(names("Job", jobs.into_iter().map(|o| o.metadata.name).collect()));
     let pods = env.pods_api().list(&params).await.ok()?.items;
     found.extend(names("Pod", pods.into_iter().map(|o| o.metadata.name).collect()));
-    let secrets = Api::<Secret>::namespaced(client.clone(), "default").list(&params).await.ok()?.items;
-    found.extend(names("Secret", secrets.into_iter().map(|o| o.metadata.name).collect()));
+    let secrets = Api::<Secret>::namespaced(client.clone(), "default")
+        .list(&params)
+        .await
+        .ok()?
+        .items;
+    found.extend(names(
+        "Secret",
+        secrets.into_iter().map(|o| o.metadata.name).collect(),
+    ));
     let claims = Api::<PersistentVolumeClaim>::namespaced(client, "default")
         .list(&params)
         .await
         .ok()?
         .items;
-    found.extend(names("PersistentVolumeClaim", claims.into_iter().map(|o| o.metadata.name).collect()));
+    found.extend(names(
+        "PersistentVolumeClaim",
+        claims.into_iter().map(|o| o.metadata.name).collect(),
+    ));
     Some(found)
 }

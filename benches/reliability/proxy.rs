@@ -2,7 +2,6 @@
 //! requests with an error, holds them, or forwards them and then loses the answer.
 
 use std::{
-    convert::Infallible,
     net::SocketAddr,
     sync::{
         Arc,
@@ -28,6 +27,8 @@ pub enum Fault {
     Hang,
     /// Forwards it, then answers this status: the frontend applied what the executor thinks failed.
     ForwardThenStatus(u16),
+    /// Forwards it, then closes the connection unanswered: the answer is lost.
+    ForwardThenDrop,
 }
 
 #[derive(Debug, Clone)]
@@ -87,7 +88,7 @@ impl FaultProxy {
                 tokio::spawn(async move {
                     let service = service_fn(move |request| {
                         let forwarder = forwarder.clone();
-                        async move { Ok::<_, Infallible>(forwarder.handle(request).await) }
+                        async move { forwarder.handle(request).await.ok_or(AnswerDropped) }
                     });
                     let connection = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), service);
@@ -138,13 +139,14 @@ struct Forwarder {
 }
 
 impl Forwarder {
-    async fn handle(&self, request: Request<Incoming>) -> Response<Full<Bytes>> {
+    /// The answer to send; `None` closes the connection without one.
+    async fn handle(&self, request: Request<Incoming>) -> Option<Response<Full<Bytes>>> {
         let path = request.uri().path().to_owned();
         let fault = self.rules.borrow().applies(&path);
         if fault != Fault::Pass {
             self.faulted.fetch_add(1, Ordering::Relaxed);
         }
-        match fault {
+        Some(match fault {
             Fault::Pass => self.forward(request).await,
             Fault::Status(code) => status(code),
             Fault::Hang => {
@@ -157,7 +159,11 @@ impl Forwarder {
                 let _applied = self.forward(request).await;
                 status(code)
             }
-        }
+            Fault::ForwardThenDrop => {
+                let _applied = self.forward(request).await;
+                return None;
+            }
+        })
     }
 
     async fn forward(&self, request: Request<Incoming>) -> Response<Full<Bytes>> {
@@ -190,6 +196,18 @@ impl Forwarder {
         response.body(Full::new(body)).unwrap_or_else(|_| status(502))
     }
 }
+
+/// The service error that makes hyper close a connection without answering.
+#[derive(Debug)]
+struct AnswerDropped;
+
+impl std::fmt::Display for AnswerDropped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("answer dropped by the fault proxy")
+    }
+}
+
+impl std::error::Error for AnswerDropped {}
 
 fn status(code: u16) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(Bytes::from_static(b"injected fault")));

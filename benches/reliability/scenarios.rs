@@ -30,9 +30,9 @@ impl Plan {
         }
     }
 
-    /// A fault's duration: `full`, or a third of it in the quick form.
+    /// A fault's duration: `full`, or half of it in the quick form.
     pub fn fault_time(&self, full: Duration) -> Duration {
-        if self.quick { full / 3 } else { full }
+        if self.quick { full / 2 } else { full }
     }
 
     /// The longest wait for jobs to be running.

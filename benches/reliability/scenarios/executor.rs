@@ -18,9 +18,11 @@ pub async fn executor_killed(plan: &Plan) -> Figures {
     let mut bed = Bed::start(
         "4. executor SIGKILLed mid-job, restarted",
         Setup {
-            // The resetter re-queues the killed executor's jobs once their heartbeats stop.
+            // The resetter re-queues the killed executor's jobs once their heartbeats stop; the
+            // threshold is above two heartbeat intervals (5 s), so a live executor's newly
+            // dequeued jobs are never taken for stalled.
             frontend: FrontendOptions {
-                stalled_after: Duration::from_secs(4),
+                stalled_after: Duration::from_secs(12),
                 ..FrontendOptions::default()
             },
             ..Setup::new(4)

@@ -3,6 +3,8 @@
 
 use std::time::{Duration, Instant};
 
+use dev_frontend::FrontendOptions;
+
 use super::Plan;
 use crate::{
     bed::{Bed, Setup},
@@ -12,6 +14,8 @@ use crate::{
 };
 
 const LOG_ROUTES: &[&str] = &["/addExecutionLogEntry", "/updateExecutionLogEntry"];
+/// `/readyz` fails after the frontend has been silent this long (two heartbeats and a second).
+const FRONTEND_SILENCE_LIMIT: Duration = Duration::from_secs(11);
 /// The longest a fault on some routes waits for a request to meet it.
 const ROUTE_FAULT_LIMIT: Duration = Duration::from_secs(60);
 const MARK_ROUTES: &[&str] = &["/markComplete", "/markErrored", "/markFailed"];
@@ -21,6 +25,12 @@ pub async fn frontend_faults(plan: &Plan) -> Figures {
         "3. frontend 500/503, hanging, lost answers",
         Setup {
             proxy: true,
+            // A log entry the frontend may or may not have created is not sent again, so its job is
+            // errored and runs again; that retry is what the fault forces.
+            frontend: FrontendOptions {
+                max_failures: 3,
+                ..FrontendOptions::default()
+            },
             ..Setup::new(4)
         },
     )
@@ -46,10 +56,10 @@ pub async fn frontend_faults(plan: &Plan) -> Figures {
             "every request held unanswered".into(),
         ),
         (
-            Fault::ForwardThenStatus(503),
+            Fault::ForwardThenDrop,
             LOG_ROUTES,
             short,
-            "log uploads applied, then answered 503".into(),
+            "log uploads applied, then their answers lost (connection closed)".into(),
         ),
         (
             Fault::ForwardThenStatus(503),
@@ -62,11 +72,42 @@ pub async fn frontend_faults(plan: &Plan) -> Figures {
         // Fresh jobs each phase, so some are running (uploading, about to be marked) when it starts.
         bed.enqueue(plan.jobs(6), plan.shape(), |_| Kind::Numbered);
         bed.wait_running(2, plan.wait()).await;
+        let forces_retry = matches!(fault, Fault::Status(500) | Fault::Hang | Fault::ForwardThenDrop);
+        if forces_retry {
+            allow_retry_of_running(&mut bed);
+        }
+        let started = Instant::now();
         run_phase(&mut bed, fault, routes, duration, &description).await;
+        if forces_retry {
+            allow_retry_of_running(&mut bed);
+        }
+        if fault == Fault::Hang && duration > FRONTEND_SILENCE_LIMIT + Duration::from_secs(3) {
+            let ended = Instant::now() + Duration::from_secs(2);
+            if !bed.ready.failed_between(started, ended) {
+                bed.figures.problems.push(format!(
+                    "/readyz kept passing while the frontend hung for {duration:?}"
+                ));
+            }
+        }
     }
     let faulted = bed.proxy.as_ref().map_or(0, |p| p.faulted());
     bed.figures.notes.push(format!("{faulted} requests met a fault"));
     bed.finish(plan.finish()).await
+}
+
+/// Jobs running when a fault strikes may be errored by it and run again.
+fn allow_retry_of_running(bed: &mut Bed) {
+    let running: Vec<i64> = bed
+        .env
+        .frontend
+        .jobs()
+        .into_iter()
+        .filter(|r| r.num_dequeues > 0 && !r.state.is_terminal())
+        .map(|r| r.id)
+        .collect();
+    for id in running {
+        bed.allow_retry(id);
+    }
 }
 
 async fn run_phase(

@@ -77,10 +77,11 @@ pub async fn pods_and_nodes(plan: &Plan) -> Figures {
 async fn disturb_a_pod(bed: &mut Bed, evict: bool) {
     let pods: Api<Pod> = Api::namespaced(bed.env.cluster.client(), "default");
     let params = ListParams::default().labels(&format!("kube-executor.io/instance={INSTANCE}"));
+    // Steps run as init containers, so a running job's pod may still be Pending.
     let running = pods.list(&params).await.ok().and_then(|list| {
         list.items.into_iter().find(|p| {
-            p.metadata.deletion_timestamp.is_none()
-                && p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+            let phase = p.status.as_ref().and_then(|s| s.phase.as_deref());
+            p.metadata.deletion_timestamp.is_none() && matches!(phase, Some("Pending" | "Running"))
         })
     });
     let Some(pod) = running else {

@@ -48,7 +48,7 @@ pub async fn soak(plan: &Plan) -> Figures {
     let elapsed = started.elapsed();
     let samples = bed.memory.samples();
     let mut figures = bed.finish(plan.finish()).await;
-    figures.faults.push(format!(
+    figures.notes.push(format!(
         "{total} jobs{}: every tenth fails a step, every tenth is OOM-killed, every tenth is cancelled \
          while running",
         if plan.quick {
