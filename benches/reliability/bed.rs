@@ -119,10 +119,19 @@ impl Bed {
         }
     }
 
-    /// Records a fault and when it ended, for the recovery figure.
+    /// Records a fault and when it ended; the end counts for the recovery figure only when jobs
+    /// were waiting, so the time to the next Job measures recovery, not a lull in the stream.
     pub fn fault_ended(&mut self, description: &str, ended: Instant) {
         self.figures.faults.push(description.to_string());
-        self.figures.fault_ends.push(ended);
+        let waiting = self.launched.iter().any(|l| {
+            self.env
+                .frontend
+                .job("batches", l.id)
+                .is_some_and(|r| r.state == dev_frontend::JobState::Queued)
+        });
+        if waiting {
+            self.figures.fault_ends.push(ended);
+        }
     }
 
     /// SIGKILLs (9) or SIGTERMs (15) the executor and waits for it to exit.

@@ -105,8 +105,20 @@ pub fn render(all: &[Figures], header: &str) -> String {
             out.push_str(&format!("- {note}\n"));
         }
         for problem in &f.problems {
-            out.push_str(&format!("- **problem**: {}\n", problem.replace('\n', "\n  ")));
+            out.push_str(&format!(
+                "- **problem**: {}\n",
+                shortened(problem).replace('\n', "\n  ")
+            ));
         }
     }
     out
+}
+
+/// A problem's text cut to a readable length (some quote a whole log entry).
+fn shortened(problem: &str) -> String {
+    const LIMIT: usize = 1500;
+    match problem.char_indices().nth(LIMIT) {
+        Some((at, _)) => format!("{}… (cut)", &problem[..at]),
+        None => problem.to_owned(),
+    }
 }

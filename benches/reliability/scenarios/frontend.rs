@@ -35,64 +35,75 @@ pub async fn frontend_faults(plan: &Plan) -> Figures {
         },
     )
     .await;
-    let short = plan.fault_time(Duration::from_secs(10));
-    let phases: Vec<(Fault, &[&'static str], Duration, String)> = vec![
-        (
-            Fault::Status(500),
-            &[],
-            short,
-            "every request answered 500".into(),
-        ),
-        (
-            Fault::Status(503),
-            &[],
-            short,
-            "every request answered 503".into(),
-        ),
-        (
-            Fault::Hang,
-            &[],
-            plan.fault_time(Duration::from_secs(30)),
-            "every request held unanswered".into(),
-        ),
-        (
-            Fault::ForwardThenDrop,
-            LOG_ROUTES,
-            short,
-            "log uploads applied, then their answers lost (connection closed)".into(),
-        ),
-        (
-            Fault::ForwardThenStatus(503),
-            MARK_ROUTES,
-            short,
-            "marks applied, then answered 503".into(),
-        ),
-    ];
-    for (fault, routes, duration, description) in phases {
+    for phase in phases(plan) {
         // Fresh jobs each phase, so some are running (uploading, about to be marked) when it starts.
         bed.enqueue(plan.jobs(6), plan.shape(), |_| Kind::Numbered);
         bed.wait_running(2, plan.wait()).await;
-        let forces_retry = matches!(fault, Fault::Status(500) | Fault::Hang | Fault::ForwardThenDrop);
+        let forces_retry = matches!(
+            phase.fault,
+            Fault::Status(500) | Fault::Hang | Fault::ForwardThenDrop
+        );
         if forces_retry {
             allow_retry_of_running(&mut bed);
         }
         let started = Instant::now();
-        run_phase(&mut bed, fault, routes, duration, &description).await;
+        run_phase(&mut bed, &phase).await;
         if forces_retry {
             allow_retry_of_running(&mut bed);
         }
-        if fault == Fault::Hang && duration > FRONTEND_SILENCE_LIMIT + Duration::from_secs(3) {
-            let ended = Instant::now() + Duration::from_secs(2);
-            if !bed.ready.failed_between(started, ended) {
-                bed.figures.problems.push(format!(
-                    "/readyz kept passing while the frontend hung for {duration:?}"
-                ));
-            }
+        if phase.fault == Fault::Hang
+            && phase.duration > FRONTEND_SILENCE_LIMIT + Duration::from_secs(3)
+            && !bed.ready.failed_between(started, Instant::now())
+        {
+            bed.figures.problems.push(format!(
+                "/readyz kept passing while the frontend hung for {:?}",
+                phase.duration
+            ));
         }
     }
     let faulted = bed.proxy.as_ref().map_or(0, |p| p.faulted());
     bed.figures.notes.push(format!("{faulted} requests met a fault"));
     bed.finish(plan.finish()).await
+}
+
+/// One fault on the way to the frontend.
+struct Phase {
+    fault: Fault,
+    routes: &'static [&'static str],
+    duration: Duration,
+    what: &'static str,
+}
+
+fn phases(plan: &Plan) -> Vec<Phase> {
+    let short = plan.fault_time(Duration::from_secs(10));
+    let phase = |fault, routes, duration, what| Phase {
+        fault,
+        routes,
+        duration,
+        what,
+    };
+    vec![
+        phase(Fault::Status(500), &[], short, "every request answered 500"),
+        phase(Fault::Status(503), &[], short, "every request answered 503"),
+        phase(
+            Fault::Hang,
+            &[],
+            plan.fault_time(Duration::from_secs(30)),
+            "every request held unanswered",
+        ),
+        phase(
+            Fault::ForwardThenDrop,
+            LOG_ROUTES,
+            short,
+            "log uploads applied, then their answers lost (connection closed)",
+        ),
+        phase(
+            Fault::ForwardThenStatus(503),
+            MARK_ROUTES,
+            short,
+            "marks applied, then answered 503",
+        ),
+    ]
 }
 
 /// Jobs running when a fault strikes may be errored by it and run again.
@@ -110,13 +121,8 @@ fn allow_retry_of_running(bed: &mut Bed) {
     }
 }
 
-async fn run_phase(
-    bed: &mut Bed,
-    fault: Fault,
-    routes: &'static [&'static str],
-    duration: Duration,
-    what: &str,
-) {
+async fn run_phase(bed: &mut Bed, phase: &Phase) {
+    let (fault, routes, duration, what) = (phase.fault, phase.routes, phase.duration, phase.what);
     let Some(proxy) = &bed.proxy else { return };
     let before = proxy.faulted();
     proxy.set(fault, routes);
