@@ -39,16 +39,17 @@ pub async fn api_server_restart(plan: &Plan) -> Figures {
     let deleted = delete_job_in_etcd(bed.env.cluster.etcd_url(), victim).await;
     bed.allow_retry(victim);
     tokio::time::sleep(DOWN_FOR).await;
+    // The fault ends when the API server is started again; recovery includes its start-up.
+    bed.fault_ended(
+        &format!("kube-apiserver SIGKILLed, down {DOWN_FOR:?}, restarted on the same port"),
+        Instant::now(),
+    );
     bed.env
         .cluster
         .start_api_server()
         .await
         .expect("restart the API server");
     let back = Instant::now();
-    bed.fault_ended(
-        &format!("kube-apiserver SIGKILLed, down {DOWN_FOR:?}, restarted on the same port"),
-        back,
-    );
     match deleted {
         Ok(()) => bed.figures.faults.push(format!(
             "the Job of running job {victim} and its pod deleted from etcd while the API server was down"
@@ -69,7 +70,7 @@ pub async fn watches_expired(plan: &Plan) -> Figures {
     let mut old_version = None;
     for round in 0..2 {
         // Fresh jobs each round, so some are running when the watches expire.
-        bed.enqueue(plan.jobs(8), plan.shape(), |_| Kind::Numbered);
+        bed.enqueue(plan.jobs(12), plan.shape(), |_| Kind::Numbered);
         bed.wait_running(2, plan.wait()).await;
         if old_version.is_none() {
             old_version = jobs_resource_version(&bed).await;
@@ -87,15 +88,15 @@ pub async fn watches_expired(plan: &Plan) -> Figures {
         // Dropping every watch connection makes each client resume from a compacted version.
         let cut = Instant::now();
         bed.env.cluster.kill_api_server();
+        bed.fault_ended(
+            "every watch connection cut (API server killed and started again at once)",
+            Instant::now(),
+        );
         bed.env
             .cluster
             .start_api_server()
             .await
             .expect("restart the API server");
-        bed.fault_ended(
-            "every watch connection cut (API server restarted at once)",
-            Instant::now(),
-        );
         expect_readiness_dip(&mut bed, cut, Instant::now()).await;
     }
     match old_version {

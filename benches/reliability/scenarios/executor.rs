@@ -76,13 +76,13 @@ pub async fn executor_terminated(plan: &Plan) -> Figures {
             .push(format!("the executor's SIGTERM exit was {status}"));
     }
     bed.figures.notes.push(format!(
-        "drained and exited in {:.1} s (grace {GRACE:?}); exit {status}",
+        "drained and exited in {:.1} s (grace {GRACE:?}), {status}",
         drained_in.as_secs_f64()
     ));
     let left = bed.env.our_objects().await;
     if left != (0, 0, 0) {
         bed.figures.notes.push(format!(
-            "after the drain (jobs, pods, secrets) = {left:?} were still going"
+            "right after the exit, (Jobs, pods, Secrets) = {left:?} were still being deleted"
         ));
     }
     bed.restart_executor();
