@@ -184,7 +184,28 @@ async fn list_objects(env: &Env) -> Option<Vec<String>> {
     let jobs = env.jobs_api().list(&params).await.ok()?.items;
     found.extend(names("Job", jobs.into_iter().map(|o| o.metadata.name).collect()));
     let pods = env.pods_api().list(&params).await.ok()?.items;
-    found.extend(names("Pod", pods.into_iter().map(|o| o.metadata.name).collect()));
+    // A pod's owner and phase tell whose cleanup it escaped (the executor's or the garbage collector's).
+    found.extend(pods.into_iter().map(|pod| {
+        let owner = pod
+            .metadata
+            .owner_references
+            .as_ref()
+            .and_then(|o| o.first())
+            .map_or_else(
+                || "none".to_string(),
+                |o| format!("{} {} uid {}", o.kind, o.name, o.uid),
+            );
+        let phase = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.phase.clone())
+            .unwrap_or_default();
+        format!(
+            "Pod/{} (owner {owner}, phase {phase}, deleting {})",
+            pod.metadata.name.unwrap_or_default(),
+            pod.metadata.deletion_timestamp.is_some()
+        )
+    }));
     let secrets = Api::<Secret>::namespaced(client.clone(), "default")
         .list(&params)
         .await
