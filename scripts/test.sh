@@ -12,8 +12,12 @@
 #                                        executor memory with 20 jobs flooding their logs, as a ratio
 #                                        to 20 quiet ones (prints the figures; fails if memory grows
 #                                        with the output)
-#   6. scripts/validate-golden.sh        golden Job objects against the Kubernetes schemas
-#   7. scripts/check-deploy.sh           Helm/Kustomize/RBAC checks, with a server-side dry run on a
+#   6. scripts/reliability.sh --quick    fault scenarios (API server restart, expired watches,
+#                                        frontend faults, executor kill/SIGTERM, pod/node faults,
+#                                        hostile payloads, soak); fails on any lost, duplicated or
+#                                        leaked job, object or log line (report: docs/reliability.md)
+#   7. scripts/validate-golden.sh        golden Job objects against the Kubernetes schemas
+#   8. scripts/check-deploy.sh           Helm/Kustomize/RBAC checks, with a server-side dry run on a
 #                                        local control plane started for the purpose
 set -euo pipefail
 
@@ -39,6 +43,9 @@ cargo test --workspace --locked --no-fail-fast
 
 step "benchmark: executor memory with 20 jobs flooding their logs (test build)"
 cargo bench --profile dev --locked --bench log_flood
+
+step "reliability suite, quick form (fault scenarios on local control planes)"
+scripts/reliability.sh --quick --no-write
 
 step "validating golden objects"
 scripts/validate-golden.sh

@@ -211,6 +211,8 @@ async fn readyz(State(s): State<AppState>) -> Response {
     let mut problems = Vec::new();
     if !s.frontend.answered() {
         problems.push("the frontend has not answered yet");
+    } else if !s.frontend.answering() {
+        problems.push("the frontend has not answered the last two heartbeats");
     }
     if !s.deps.view.is_synced() {
         problems.push("the pod and job watches have not synced yet");

@@ -46,19 +46,42 @@ pub struct Shutdown {
     pub force: CancellationToken,
 }
 
-/// Whether the frontend has answered; read by `/readyz`.
+/// How long the frontend may go without answering a heartbeat before `/readyz` fails: two missed
+/// heartbeats, so one slow answer does not flap readiness.
+pub const FRONTEND_SILENCE_LIMIT: Duration = Duration::from_secs(2 * HEARTBEAT_INTERVAL.as_secs() + 1);
+
+/// When the frontend last answered; read by `/readyz`.
 #[derive(Clone, Default)]
 pub struct FrontendStatus {
-    answered: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    last_answer: std::sync::Arc<std::sync::Mutex<Option<tokio::time::Instant>>>,
 }
 
 impl FrontendStatus {
+    /// Whether the frontend has ever answered.
     pub fn answered(&self) -> bool {
-        self.answered.load(std::sync::atomic::Ordering::Relaxed)
+        self.last_answer().is_some()
+    }
+
+    /// Whether the frontend answered within [`FRONTEND_SILENCE_LIMIT`]: while it fails or hangs,
+    /// no job can be dequeued or reported, so the executor is not ready.
+    pub fn answering(&self) -> bool {
+        self.last_answer()
+            .is_some_and(|at| at.elapsed() < FRONTEND_SILENCE_LIMIT)
+    }
+
+    fn last_answer(&self) -> Option<tokio::time::Instant> {
+        // A poisoned lock still holds a valid instant: the writer only assigns it.
+        *self
+            .last_answer
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn set(&self) {
-        self.answered.store(true, std::sync::atomic::Ordering::Relaxed);
+        *self
+            .last_answer
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(tokio::time::Instant::now());
     }
 }
 
@@ -399,6 +422,25 @@ pub async fn drain_jobs(jobs: &TaskTracker, shutdown: &Shutdown, grace: Duration
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn the_frontend_counts_as_answering_until_two_heartbeats_go_unanswered() {
+        let frontend = FrontendStatus::default();
+        assert!(!frontend.answered() && !frontend.answering(), "never answered");
+        frontend.set();
+        tokio::time::advance(HEARTBEAT_INTERVAL * 2).await;
+        assert!(
+            frontend.answering(),
+            "one missed heartbeat and a slow one are tolerated"
+        );
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(
+            frontend.answered() && !frontend.answering(),
+            "silent for two heartbeats and more"
+        );
+        frontend.set();
+        assert!(frontend.answering(), "answering again");
+    }
 
     #[test]
     fn backoff_grows_and_is_capped() {

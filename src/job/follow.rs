@@ -32,7 +32,7 @@ pub struct UnreadableLog {
 impl UnreadableLog {
     /// The failure reason reported for the job.
     pub fn reason(&self) -> String {
-        format!("could not read the container log: {}", self.error)
+        format!("could not read or record the container log: {}", self.error)
     }
 }
 
@@ -118,7 +118,10 @@ impl ContainerFollower {
             Ok(writer) => writer,
             Err(error) => {
                 error!(key = %self.entry.key, %error, "could not create the execution log entry");
-                return None;
+                // The container's output cannot reach the frontend: the job must not pass as done.
+                return Some(
+                    self.unrecorded(format!("its execution log entry could not be created: {error}")),
+                );
             }
         };
         debug!(key = %self.entry.key, container = %self.container, "following container log");
@@ -126,8 +129,17 @@ impl ContainerFollower {
         let exit_code = exit_code_of(&self.deps.view, &self.job, &self.container).unwrap_or(1);
         if let Err(error) = writer.finish(exit_code).await {
             error!(key = %self.entry.key, %error, "could not send the final log entry update");
+            return problem
+                .or_else(|| Some(self.unrecorded(format!("its final log entry update failed: {error}"))));
         }
         problem
+    }
+
+    fn unrecorded(&self, error: String) -> UnreadableLog {
+        UnreadableLog {
+            container: self.container.clone(),
+            error,
+        }
     }
 
     /// Feeds every log line to `writer`, sending updates while the log grows, until the log ends.

@@ -4,7 +4,7 @@
 //! the stores and wake up on a change counter. The watches re-list on errors and on 410 Gone, and
 //! strip managed fields so the stores stay small.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use futures_util::StreamExt;
 use k8s_openapi::api::{batch::v1::Job, core::v1::Pod};
@@ -47,37 +47,25 @@ impl ClusterView {
         let changes_tx = Arc::new(changes_tx);
         let synced_tx = Arc::new(synced_tx);
         let config = watcher::Config::default().labels(label_selector);
-
+        let feed = |mark: fn(&mut (bool, bool), bool)| Feed {
+            changes: changes_tx.clone(),
+            synced: synced_tx.clone(),
+            mark,
+            metrics: metrics.clone(),
+            stop: stop.clone(),
+        };
         let (pods, pod_writer) = reflector::store::<Pod>();
-        let pod_stream = watcher(Api::<Pod>::namespaced(client.clone(), namespace), config.clone())
-            .default_backoff()
-            .modify(|pod| pod.managed_fields_mut().clear())
-            .reflect(pod_writer);
-        tracker.spawn(drive(
-            "pods",
-            pod_stream,
-            changes_tx.clone(),
-            synced_tx.clone(),
-            |s, v| s.0 = v,
-            metrics.clone(),
-            stop.clone(),
-        ));
-
+        let pod_api = Api::<Pod>::namespaced(client.clone(), namespace);
+        let pod_config = config.clone();
+        let pod_watch = move || {
+            watcher(pod_api.clone(), pod_config.clone()).modify(|pod| pod.managed_fields_mut().clear())
+        };
+        tracker.spawn(drive("pods", pod_watch, pod_writer, feed(|s, v| s.0 = v)));
         let (jobs, job_writer) = reflector::store::<Job>();
-        let job_stream = watcher(Api::<Job>::namespaced(client, namespace), config)
-            .default_backoff()
-            .modify(|job| job.managed_fields_mut().clear())
-            .reflect(job_writer);
-        tracker.spawn(drive(
-            "jobs",
-            job_stream,
-            changes_tx,
-            synced_tx,
-            |s, v| s.1 = v,
-            metrics,
-            stop,
-        ));
-
+        let job_api = Api::<Job>::namespaced(client, namespace);
+        let job_watch =
+            move || watcher(job_api.clone(), config.clone()).modify(|job| job.managed_fields_mut().clear());
+        tracker.spawn(drive("jobs", job_watch, job_writer, feed(|s, v| s.1 = v)));
         Self {
             namespace: namespace.to_string(),
             pods,
@@ -154,43 +142,102 @@ fn controlled_by(pod: &Pod, uid: &str) -> bool {
         .any(|owner| owner.controller == Some(true) && owner.uid == uid)
 }
 
-async fn drive<S, K>(
-    kind: &'static str,
-    stream: S,
+/// Where one watch reports: the shared change counter and sync flags, metrics, and when to stop.
+struct Feed {
     changes: Arc<watch::Sender<u64>>,
     synced: Arc<watch::Sender<(bool, bool)>>,
     mark: fn(&mut (bool, bool), bool),
     metrics: Metrics,
     stop: CancellationToken,
+}
+
+/// First wait before a failed watch is started again; doubled per consecutive failure.
+const RESTART_DELAY: Duration = Duration::from_millis(500);
+const RESTART_DELAY_MAX: Duration = Duration::from_secs(5);
+
+/// Keeps `writer`'s store in line with the cluster, starting a fresh watcher from `start` after
+/// every error.
+///
+/// NB: kube's watcher resumes a failed watch from its last resourceVersion without listing again,
+/// so it never reports the end of a new initial list: the view would stay unsynced forever after an
+/// API server outage, and objects deleted meanwhile could linger if the resumed watch skipped them.
+/// A fresh watcher lists first; the store is replaced only once that list is complete, so job tasks
+/// are judged from the fresh list, never from the cache the outage left behind.
+async fn drive<K, S>(
+    kind: &'static str,
+    start: impl Fn() -> S,
+    mut writer: reflector::store::Writer<K>,
+    feed: Feed,
 ) where
+    K: Resource + Clone + Send + Sync + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone + Default,
+    S: futures_util::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send,
+{
+    let mut delay = RESTART_DELAY;
+    loop {
+        match watch_once(kind, start(), &mut writer, &feed).await {
+            Ended::Stopped => return,
+            Ended::Synced => delay = RESTART_DELAY,
+            Ended::Failed => {}
+        }
+        tokio::select! {
+            _ = feed.stop.cancelled() => return,
+            _ = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(RESTART_DELAY_MAX);
+    }
+}
+
+/// How one watcher ended.
+enum Ended {
+    Stopped,
+    /// It failed after delivering a complete list.
+    Synced,
+    /// It failed before its list was complete.
+    Failed,
+}
+
+/// Applies one watcher's events until it fails (the view is then unsynced) or the executor stops.
+async fn watch_once<K, S>(
+    kind: &'static str,
+    stream: S,
+    writer: &mut reflector::store::Writer<K>,
+    feed: &Feed,
+) -> Ended
+where
+    K: Resource + Clone + Send + Sync + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone + Default,
     S: futures_util::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send,
 {
     let mut stream = std::pin::pin!(stream);
+    let mut listed = false;
     loop {
         let next = tokio::select! {
-            _ = stop.cancelled() => break,
+            _ = feed.stop.cancelled() => return Ended::Stopped,
             next = stream.next() => next,
         };
-        match next {
+        let error = match next {
             Some(Ok(event)) => {
+                writer.apply_watcher_event(&event);
                 if matches!(event, watcher::Event::InitDone) {
                     debug!(kind, "watch synced");
-                    synced.send_modify(|s| mark(s, true));
+                    listed = true;
+                    feed.synced.send_modify(|s| (feed.mark)(s, true));
                 }
-                changes.send_modify(|v| *v = v.wrapping_add(1));
+                feed.changes.send_modify(|v| *v = v.wrapping_add(1));
+                continue;
             }
-            Some(Err(error)) => {
-                // The watcher re-establishes itself (re-listing after 410 Gone), with back-off from
-                // `default_backoff`. Until it has delivered a fresh list, the store may be stale, so
-                // the view reports itself unsynced: no job is dequeued on stale counts.
-                metrics.record(Event::WatchError);
-                metrics.record_watch_restart(kind);
-                warn!(kind, %error, "watch failed; re-establishing");
-                synced.send_modify(|s| mark(s, false));
-                changes.send_modify(|v| *v = v.wrapping_add(1));
-            }
-            None => break,
-        }
+            Some(Err(error)) => error.to_string(),
+            None => "the watch stream ended".to_string(),
+        };
+        // Until a fresh list is complete, the store may be stale, so the view reports itself
+        // unsynced: no job is dequeued on stale counts and no job is judged from it.
+        feed.metrics.record(Event::WatchError);
+        feed.metrics.record_watch_restart(kind);
+        warn!(kind, %error, "watch failed; listing again");
+        feed.synced.send_modify(|s| (feed.mark)(s, false));
+        feed.changes.send_modify(|v| *v = v.wrapping_add(1));
+        return if listed { Ended::Synced } else { Ended::Failed };
     }
 }
 
@@ -199,6 +246,92 @@ mod tests {
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 
     use super::*;
+    use crate::k8s::testing;
+
+    const JOB_NAME: &str = "sg-executor-job-batches-1";
+
+    fn list_at(kind: &str, items: Vec<serde_json::Value>, resource_version: &str) -> serde_json::Value {
+        serde_json::json!({
+            "kind": kind, "apiVersion": "v1", "metadata": {"resourceVersion": resource_version}, "items": items,
+        })
+    }
+
+    /// Answers the view's requests: the first Job list holds the job, its watch then breaks (the
+    /// API server went away), and every later Job list no longer holds it (deleted meanwhile).
+    /// Watches after the first are held open, as an idle API server does.
+    async fn serve_job_deleted_during_outage(mut server: testing::ApiServer) {
+        let job = serde_json::json!({
+            "apiVersion": "batch/v1", "kind": "Job",
+            "metadata": {"name": JOB_NAME, "namespace": "default", "uid": "u1", "resourceVersion": "5"},
+        });
+        let (mut job_lists, mut job_watches, mut held) = (0, 0, Vec::new());
+        loop {
+            let call = server.next().await;
+            let watching = call.param("watch") == Some("true");
+            match (call.path.ends_with("/jobs"), watching) {
+                (false, false) => call.answer(200, list_at("PodList", vec![], "10")),
+                (true, false) => {
+                    job_lists += 1;
+                    let items = if job_lists == 1 { vec![job.clone()] } else { vec![] };
+                    call.answer(200, list_at("JobList", items, "20"));
+                }
+                (true, true) if job_watches == 0 => {
+                    job_watches += 1;
+                    call.stream_lines(&[], true);
+                }
+                _ => held.push(call),
+            }
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_job_deleted_while_the_watch_was_broken_is_judged_from_the_fresh_list() {
+        let (client, server) = testing::client();
+        let serving = tokio::spawn(serve_job_deleted_during_outage(server));
+        let (tracker, stop) = (TaskTracker::new(), CancellationToken::new());
+        let view = ClusterView::spawn(
+            client,
+            "default",
+            "a=b",
+            Metrics::for_tests(),
+            &tracker,
+            stop.clone(),
+        );
+        let created = CreatedJob {
+            name: JOB_NAME.into(),
+            uid: "u1".into(),
+        };
+        let mut changes = view.subscribe();
+        let mut states = Vec::new();
+        let judged_fresh = tokio::time::timeout(Duration::from_secs(600), async {
+            loop {
+                let state = (view.is_synced(), view.job(&created).is_some());
+                if states.last() != Some(&state) {
+                    states.push(state);
+                }
+                if state == (true, false) {
+                    return;
+                }
+                changes.changed().await.expect("the watches run");
+            }
+        })
+        .await;
+        serving.abort();
+        stop.cancel();
+        assert!(
+            judged_fresh.is_ok(),
+            "synced again after the outage, without the deleted Job; (synced, job present) went {states:?}"
+        );
+        assert_eq!(
+            states.first(),
+            Some(&(false, false)),
+            "unsynced until the first list"
+        );
+        assert!(
+            states.iter().any(|(_, present)| *present),
+            "the first list held the job: {states:?}"
+        );
+    }
 
     fn pod_owned_by(uid: &str, controller: bool) -> Pod {
         Pod {

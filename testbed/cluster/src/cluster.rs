@@ -39,6 +39,7 @@ const SERVICE_ACCOUNT_TOKEN_SECONDS: i64 = 24 * 60 * 60;
 /// A running local cluster. Dropping it stops every process and removes its directory.
 pub struct TestCluster {
     api_server_url: String,
+    etcd_url: String,
     kubeconfig_path: PathBuf,
     client: kube::Client,
     node_names: Vec<String>,
@@ -228,6 +229,7 @@ impl TestCluster {
         tracing::info!(dir = %dir.display(), api_server = %api_server_url, "test cluster started");
         Ok(TestCluster {
             api_server_url,
+            etcd_url,
             kubeconfig_path,
             client,
             node_names: options.nodes.iter().map(|n| n.name.clone()).collect(),
@@ -268,11 +270,55 @@ impl TestCluster {
 
     /// Process id of the kube-apiserver, for tests that make it unreachable (SIGSTOP/SIGCONT).
     pub fn api_server_pid(&self) -> Option<u32> {
+        self.running.pid_of(API_SERVER)
+    }
+
+    /// etcd's client URL (`http://127.0.0.1:<port>`); it also serves etcd's JSON gateway under `/v3/`.
+    pub fn etcd_url(&self) -> &str {
+        &self.etcd_url
+    }
+
+    /// SIGKILLs the kube-apiserver: every request and watch fails until [`Self::start_api_server`].
+    pub fn kill_api_server(&mut self) {
+        self.running.kill(API_SERVER);
+    }
+
+    /// Starts a killed kube-apiserver again on the same port with the same certificates and etcd,
+    /// returning once its `/readyz` passes.
+    ///
+    /// # Errors
+    /// When it cannot be started again or does not become ready in time.
+    pub async fn start_api_server(&mut self) -> Result<()> {
+        self.running.respawn(API_SERVER)?;
+        let client = self.client.clone();
         self.running
-            .components
-            .iter()
-            .find(|component| component.name == API_SERVER)
-            .map(Component::pid)
+            .wait_for(
+                "the restarted API server's /readyz",
+                API_SERVER,
+                API_SERVER_READY_TIMEOUT,
+                || api_server_ready(&client),
+            )
+            .await
+    }
+
+    /// Process id of the node agent (which plays every node), if one runs.
+    pub fn node_agent_pid(&self) -> Option<u32> {
+        self.running.pid_of(NODE_AGENT)
+    }
+
+    /// SIGKILLs the node agent: its pods' status stops updating, their processes die and their
+    /// log endpoints go away, like a kubelet whose machine lost power.
+    pub fn kill_node_agent(&mut self) {
+        self.running.kill(NODE_AGENT);
+    }
+
+    /// Starts the node agent again with its earlier configuration (it marks the pods the killed
+    /// one had started as `Failed`, reason `NodeAgentRestarted`).
+    ///
+    /// # Errors
+    /// When it cannot be started.
+    pub fn restart_node_agent(&mut self) -> Result<()> {
+        self.running.respawn(NODE_AGENT)
     }
 
     /// Process ids of the cluster's components (etcd, control plane, node agent).
@@ -458,6 +504,8 @@ fn write_file(path: &Path, contents: &[u8]) -> Result<()> {
 struct Running {
     dir: PathBuf,
     components: Vec<Component>,
+    /// How each component was started, so a fault test can start a killed one again.
+    commands: Vec<(&'static str, PathBuf, Vec<String>)>,
     spawner: Spawner,
     stopped: bool,
 }
@@ -473,6 +521,7 @@ impl Running {
         let running = Self {
             dir,
             components: Vec::new(),
+            commands: Vec::new(),
             spawner: Spawner::start()?,
             stopped: false,
         };
@@ -489,6 +538,43 @@ impl Running {
     fn spawn(&mut self, component: &'static str, program: &Path, args: &[String]) -> Result<()> {
         let log = self.dir.join("logs").join(format!("{component}.log"));
         let child = self.spawner.spawn(component, program, args, &log)?;
+        self.components.push(child);
+        self.commands.push((component, program.to_owned(), args.to_vec()));
+        Ok(())
+    }
+
+    fn pid_of(&self, component: &str) -> Option<u32> {
+        self.components
+            .iter()
+            .find(|c| c.name == component)
+            .map(Component::pid)
+    }
+
+    /// SIGKILLs `component` and forgets it (its log stays).
+    fn kill(&mut self, component: &str) {
+        if let Some(index) = self.components.iter().position(|c| c.name == component) {
+            let mut killed = self.components.remove(index);
+            killed.kill();
+        }
+    }
+
+    /// Starts `component` again with the program and arguments it was first started with.
+    fn respawn(&mut self, component: &'static str) -> Result<()> {
+        if self.pid_of(component).is_some() {
+            return Err(Error::SpawnerUnavailable(format!("{component} is still running")));
+        }
+        let Some((_, program, args)) = self
+            .commands
+            .iter()
+            .find(|(name, _, _)| *name == component)
+            .cloned()
+        else {
+            return Err(Error::SpawnerUnavailable(format!(
+                "{component} was never started"
+            )));
+        };
+        let log = self.dir.join("logs").join(format!("{component}.log"));
+        let child = self.spawner.spawn(component, &program, &args, &log)?;
         self.components.push(child);
         Ok(())
     }

@@ -145,6 +145,12 @@ impl Component {
         self.child.try_wait().ok().flatten()
     }
 
+    /// SIGKILLs the component's whole process group and reaps it: an abrupt crash, for fault tests.
+    pub(crate) fn kill(&mut self) {
+        self.signal_group(libc::SIGKILL);
+        self.wait_until(Instant::now() + Duration::from_secs(10));
+    }
+
     /// The error to report when this component ended during startup.
     pub(crate) fn exited_error(&self, status: ExitStatus) -> Error {
         Error::ComponentExited {

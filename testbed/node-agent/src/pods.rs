@@ -311,6 +311,54 @@ async fn fail_pod(agent: &Agent, pod: &Pod, reason: &str, message: &str) {
     }
 }
 
+enum Written {
+    /// Written, or given up on after [`STATUS_GIVE_UP`].
+    Yes,
+    Superseded,
+    PodGone,
+}
+
+/// First and longest wait between attempts to write a status the API server did not take.
+const STATUS_RETRY: Duration = Duration::from_millis(200);
+const STATUS_RETRY_MAX: Duration = Duration::from_secs(2);
+/// How long one status is retried before the agent gives up on it.
+const STATUS_GIVE_UP: Duration = Duration::from_secs(300);
+
+/// Writes one status, retrying until the API server takes it (a kubelet keeps syncing a pod's
+/// status through an API server outage; giving up would leave the pod's last state unreported
+/// forever) or a newer view of the pod arrives.
+async fn write_status(
+    api: &Api<Pod>,
+    name: &str,
+    value: &serde_json::Value,
+    view: &mut watch::Receiver<PodView>,
+) -> Written {
+    let mut delay = STATUS_RETRY;
+    let mut view_open = true;
+    let give_up = tokio::time::Instant::now() + STATUS_GIVE_UP;
+    loop {
+        if tokio::time::Instant::now() >= give_up {
+            tracing::warn!(pod = %name, "status write failed for {STATUS_GIVE_UP:?}; giving up on it");
+            return Written::Yes;
+        }
+        let patch = Patch::Merge(json!({"status": value}));
+        match api.patch_status(name, &PatchParams::default(), &patch).await {
+            Ok(_) => return Written::Yes,
+            Err(kube::Error::Api(status)) if status.code == 404 => return Written::PodGone,
+            Err(error) => tracing::warn!(pod = %name, %error, "status write failed; retrying"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            changed = view.changed(), if view_open => match changed {
+                Ok(()) => return Written::Superseded,
+                // The pod's processes are done; this is its last status, so keep trying it.
+                Err(_) => view_open = false,
+            },
+        }
+        delay = (delay * 2).min(STATUS_RETRY_MAX);
+    }
+}
+
 /// Writes the pod status whenever the view changes; ends after the last change once the view is dropped.
 async fn write_statuses(api: Api<Pod>, name: String, mut view: watch::Receiver<PodView>) {
     let mut conditions: Vec<PodCondition> = Vec::new();
@@ -320,25 +368,15 @@ async fn write_statuses(api: Api<Pod>, name: String, mut view: watch::Receiver<P
         let status = current.to_status(&conditions, Timestamp::now());
         match serde_json::to_value(&status) {
             Ok(value) if last_written.as_ref() != Some(&value) => {
-                let mut attempt = 0;
-                loop {
-                    let patch = Patch::Merge(json!({"status": value}));
-                    match api.patch_status(&name, &PatchParams::default(), &patch).await {
-                        Ok(_) => break,
-                        Err(kube::Error::Api(status)) if status.code == 404 => return,
-                        Err(error) if attempt < 5 => {
-                            attempt += 1;
-                            tracing::warn!(pod = %name, %error, attempt, "status write failed; retrying");
-                            tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
-                        }
-                        Err(error) => {
-                            tracing::warn!(pod = %name, %error, "status write failed; giving up on this update");
-                            break;
-                        }
+                match write_status(&api, &name, &value, &mut view).await {
+                    Written::Yes => {
+                        conditions = status.conditions.unwrap_or_default();
+                        last_written = Some(value);
                     }
+                    // A newer view replaces this one; write that instead.
+                    Written::Superseded => continue,
+                    Written::PodGone => return,
                 }
-                conditions = status.conditions.unwrap_or_default();
-                last_written = Some(value);
             }
             Ok(_) => {}
             Err(error) => tracing::warn!(pod = %name, %error, "cannot serialise pod status"),
