@@ -35,6 +35,10 @@ mod slots;
 mod status_page;
 mod telemetry;
 
+/// The objects of one job, for tools that must create exactly what the executor creates (the
+/// per-job cost benchmark's floor client).
+pub use k8s::job_spec::{JobContext, JobObjects, WorkspaceFile, build_job_objects};
+
 pub use runner::Shutdown;
 pub use telemetry::{BUILD_VERSION, init_logging};
 

@@ -1,19 +1,22 @@
 //! The floor: a minimal client making the calls one job needs and nothing else — dequeue, create
-//! the Secret and the Job, and once the pod succeeded add the two teardown entries, delete the Job
-//! and mark the job complete — so the executor's figures can be read as ratios to it.
+//! the Secret and the Job the executor would create (with the executor's own builder, so the
+//! cluster runs the same pod), and once the pod succeeded add the two teardown entries, delete the
+//! Job and the Secret and mark the job complete — so the executor's figures read as ratios to it.
 
 use std::sync::Arc;
 
 use k8s_openapi::api::{batch::v1::Job, core::v1::Secret};
 use kube::{
-    Api,
+    Api, ResourceExt,
     api::{DeleteParams, PostParams},
 };
+use kube_executor::{JobContext, build_job_objects, config::Config};
 use serde_json::json;
 
-use crate::observe::{JOB_ID_LABEL, Observer};
+use crate::observe::Observer;
 
-const NAME: &str = "bench-floor";
+/// The floor's executor name and instance id.
+pub const NAME: &str = "bench-floor";
 
 /// What the floor client needs to reach the frontend and the cluster.
 pub struct FloorClient {
@@ -21,7 +24,8 @@ pub struct FloorClient {
     pub frontend: String,
     pub token: String,
     pub kube: kube::Client,
-    pub image: String,
+    /// An executor configuration for this cluster and frontend, whose job objects the floor creates.
+    pub config: Config,
 }
 
 /// Runs `jobs` queued jobs, `concurrency` at a time, to their end.
@@ -46,70 +50,51 @@ pub async fn run(client: Arc<FloorClient>, observer: Arc<Observer>, jobs: usize,
 
 impl FloorClient {
     async fn one_job(&self, observer: &Observer) {
-        let job = self.dequeue().await;
-        let id = job["id"].as_i64().expect("a job id");
-        let token = job["token"].as_str().expect("a job token").to_string();
-        let name = format!("bench-floor-{id}");
+        let dequeued = self.dequeue().await;
+        let job: kube_executor::queue::types::Job =
+            serde_json::from_value(dequeued.clone()).expect("a job payload");
+        let token = dequeued["token"].as_str().expect("a job token").to_string();
+        let ctx = JobContext {
+            job: &job,
+            queue: "batches",
+            executor_name: NAME,
+            instance_id: NAME,
+            frontend_url: &self.config.frontend_url,
+            files: &[],
+        };
+        let objects = build_job_objects(&ctx, &self.config.kubernetes).expect("the job's objects");
         let secrets: Api<Secret> = Api::namespaced(self.kube.clone(), "default");
         let jobs: Api<Job> = Api::namespaced(self.kube.clone(), "default");
-        let labels = json!({ JOB_ID_LABEL: id.to_string(), "kube-executor.io/instance": NAME });
-        let secret = json!({
-            "apiVersion": "v1", "kind": "Secret",
-            "metadata": { "name": format!("{name}-secrets"), "labels": labels },
-            "stringData": { "TOKEN": token },
-        });
-        let secret: Secret = serde_json::from_value(secret).expect("a Secret");
         secrets
-            .create(&PostParams::default(), &secret)
+            .create(&PostParams::default(), &objects.secret)
             .await
             .expect("create the floor Secret");
-        let job_object = serde_json::from_value(self.job_object(&name, &labels)).expect("a Job");
-        jobs.create(&PostParams::default(), &job_object)
+        jobs.create(&PostParams::default(), &objects.job)
             .await
             .expect("create the floor Job");
-        observer.wait_succeeded(id).await;
+        observer.wait_succeeded(job.id).await;
         for key in ["teardown.kubernetes.job", "teardown.fs"] {
             let entry = json!({
-                "executorName": NAME, "jobId": id, "key": key, "command": ["kubectl", "delete"],
+                "executorName": NAME, "jobId": job.id, "key": key, "command": ["kubectl", "delete"],
                 "startTime": jiff::Timestamp::now().to_string(), "exitCode": 0, "out": "", "durationMs": 0,
             });
-            self.job_call(id, &token, "addExecutionLogEntry", entry).await;
+            self.job_call(job.id, &token, "addExecutionLogEntry", entry).await;
         }
-        jobs.delete(&name, &DeleteParams::background())
+        let background = DeleteParams::background();
+        jobs.delete(&objects.job.name_any(), &background)
             .await
             .expect("delete the floor Job");
         secrets
-            .delete(&format!("{name}-secrets"), &DeleteParams::background())
+            .delete(&objects.secret.name_any(), &background)
             .await
             .expect("delete the floor Secret");
         self.job_call(
-            id,
+            job.id,
             &token,
             "markComplete",
-            json!({ "executorName": NAME, "jobId": id }),
+            json!({ "executorName": NAME, "jobId": job.id }),
         )
         .await;
-    }
-
-    fn job_object(&self, name: &str, labels: &serde_json::Value) -> serde_json::Value {
-        json!({
-            "apiVersion": "batch/v1", "kind": "Job",
-            "metadata": { "name": name, "labels": labels },
-            "spec": {
-                "backoffLimit": 0,
-                "template": {
-                    "metadata": { "labels": labels },
-                    "spec": {
-                        "restartPolicy": "Never",
-                        "containers": [{
-                            "name": "main", "image": self.image,
-                            "command": ["sh", "-c", "echo complete"],
-                            "resources": { "requests": { "memory": "64Mi" } },
-                        }],
-                    },
-                },
-            },
-        })
     }
 
     async fn heartbeat(&self) {

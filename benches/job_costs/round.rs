@@ -30,7 +30,10 @@ pub async fn floor(env: &Arc<Env>, observer: &Arc<Observer>, jobs: usize) -> Rou
         frontend: env.frontend.url(),
         token: env.frontend.access_token().unwrap_or_default().to_string(),
         kube: env.cluster.client(),
-        image: "sourcegraph/batcheshelper:6.0.0".to_string(),
+        config: kube_executor::config::Config::from_vars(
+            env.executor_env(&[("EXECUTOR_INSTANCE_ID", floor::NAME), ("HOSTNAME", floor::NAME)]),
+        )
+        .expect("the floor's executor configuration"),
     });
     let cluster_cpu = procs::total_cpu_seconds(&env.cluster.process_ids());
     let started = std::time::Instant::now();
