@@ -123,6 +123,23 @@ impl Bed {
         }
     }
 
+    /// Lets every job dequeued and not finished run again (a fault striking them may error them);
+    /// returns how many there are.
+    pub fn allow_retry_of_unfinished(&mut self) -> usize {
+        let unfinished: Vec<i64> = self
+            .env
+            .frontend
+            .jobs()
+            .into_iter()
+            .filter(|r| r.num_dequeues > 0 && !r.state.is_terminal())
+            .map(|r| r.id)
+            .collect();
+        for id in &unfinished {
+            self.allow_retry(*id);
+        }
+        unfinished.len()
+    }
+
     /// Records a fault and when it ended; the end counts for the recovery figure only when jobs
     /// were waiting, so the time to the next Job measures recovery, not a lull in the stream.
     pub fn fault_ended(&mut self, description: &str, ended: Instant) {

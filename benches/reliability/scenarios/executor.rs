@@ -31,7 +31,7 @@ pub async fn executor_killed(plan: &Plan) -> Figures {
     .await;
     bed.enqueue(plan.jobs(12), plan.shape(), |_| Kind::Numbered);
     bed.wait_running(3, plan.wait()).await;
-    let interrupted = allow_retry_of_unfinished(&mut bed);
+    let interrupted = bed.allow_retry_of_unfinished();
     let status = bed.end_executor(9, Duration::from_secs(10)).await;
     let left = bed.env.our_objects().await.0;
     bed.restart_executor();
@@ -66,7 +66,7 @@ pub async fn executor_terminated(plan: &Plan) -> Figures {
     };
     bed.enqueue(plan.jobs(8), long, |_| Kind::Numbered);
     bed.wait_running(3, plan.wait()).await;
-    let interrupted = allow_retry_of_unfinished(&mut bed);
+    let interrupted = bed.allow_retry_of_unfinished();
     let signalled = Instant::now();
     let status = bed.end_executor(15, GRACE + Duration::from_secs(60)).await;
     let drained_in = signalled.elapsed();
@@ -92,22 +92,6 @@ pub async fn executor_terminated(plan: &Plan) -> Figures {
     );
     let figures = bed.finish(plan.finish()).await;
     expect_some_retry(figures, "cut by the grace period")
-}
-
-/// Lets every job dequeued and not finished run again; returns how many there are.
-fn allow_retry_of_unfinished(bed: &mut Bed) -> usize {
-    let unfinished: Vec<i64> = bed
-        .env
-        .frontend
-        .jobs()
-        .into_iter()
-        .filter(|r| r.num_dequeues > 0 && !r.state.is_terminal())
-        .map(|r| r.id)
-        .collect();
-    for id in &unfinished {
-        bed.allow_retry(*id);
-    }
-    unfinished.len()
 }
 
 fn expect_some_retry(mut figures: Figures, how: &str) -> Figures {

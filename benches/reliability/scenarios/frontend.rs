@@ -44,12 +44,12 @@ pub async fn frontend_faults(plan: &Plan) -> Figures {
             Fault::Status(500) | Fault::Hang | Fault::ForwardThenDrop
         );
         if forces_retry {
-            allow_retry_of_running(&mut bed);
+            bed.allow_retry_of_unfinished();
         }
         let started = Instant::now();
         run_phase(&mut bed, &phase).await;
         if forces_retry {
-            allow_retry_of_running(&mut bed);
+            bed.allow_retry_of_unfinished();
         }
         if phase.fault == Fault::Hang
             && phase.duration > FRONTEND_SILENCE_LIMIT + Duration::from_secs(3)
@@ -104,21 +104,6 @@ fn phases(plan: &Plan) -> Vec<Phase> {
             "marks applied, then answered 503",
         ),
     ]
-}
-
-/// Jobs running when a fault strikes may be errored by it and run again.
-fn allow_retry_of_running(bed: &mut Bed) {
-    let running: Vec<i64> = bed
-        .env
-        .frontend
-        .jobs()
-        .into_iter()
-        .filter(|r| r.num_dequeues > 0 && !r.state.is_terminal())
-        .map(|r| r.id)
-        .collect();
-    for id in running {
-        bed.allow_retry(id);
-    }
 }
 
 async fn run_phase(bed: &mut Bed, phase: &Phase) {

@@ -59,7 +59,7 @@ pub async fn pods_and_nodes(plan: &Plan) -> Figures {
 
     bed.enqueue(batch, plan.shape(), |_| Kind::Numbered);
     bed.wait_running(2, plan.wait()).await;
-    allow_retry_of_running(&mut bed);
+    bed.allow_retry_of_unfinished();
     bed.env.cluster.kill_node_agent();
     tokio::time::sleep(AGENT_DOWN).await;
     bed.env
@@ -120,20 +120,6 @@ fn job_id_of(pod: &Pod) -> Option<i64> {
         .strip_prefix("sg-executor-job-batches-")?
         .parse()
         .ok()
-}
-
-fn allow_retry_of_running(bed: &mut Bed) {
-    let running: Vec<i64> = bed
-        .env
-        .frontend
-        .jobs()
-        .into_iter()
-        .filter(|r| r.num_dequeues > 0 && !r.state.is_terminal())
-        .map(|r| r.id)
-        .collect();
-    for id in running {
-        bed.allow_retry(id);
-    }
 }
 
 /// Sets node-1's Ready condition to False, as a kubelet that stopped reporting would leave it.
