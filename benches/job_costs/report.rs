@@ -142,9 +142,22 @@ fn mb(kib: u64) -> f64 {
     kib as f64 * 1024.0 / 1e6
 }
 
+/// A target's verdict: met or not, and the figure against the target.
+type Verdict = (bool, String);
+
 /// Checks the targets; returns a line per target with its verdict.
-fn verdicts(results: &Results) -> Vec<(bool, String)> {
+fn verdicts(results: &Results) -> Vec<Verdict> {
     let mut out = Vec::new();
+    overhead_verdicts(results, &mut out);
+    for round in &results.levels {
+        round_verdicts(round, &mut out);
+    }
+    log_and_memory_verdicts(results, &mut out);
+    out
+}
+
+/// The executor's overheads at the lowest concurrency against the floor's.
+fn overhead_verdicts(results: &Results, out: &mut Vec<Verdict>) {
     let mut check = |ok: bool, text: String| out.push((ok, text));
     if let (Some(floor), Some(first)) = (&results.floor, results.levels.first()) {
         let (e, f) = (
@@ -187,50 +200,57 @@ fn verdicts(results: &Results) -> Vec<(bool, String)> {
             ),
         );
     }
-    for round in &results.levels {
-        let classes = audit::classify(&round.requests);
-        let objects = round.job_object_calls();
-        let streams = round.per_job(classes.log_streams);
-        let watches = round.per_job(classes.watches);
-        check(
-            objects <= 4.0,
-            format!(
-                "{} at {}: {objects:.2} object calls per job (target ≤ 4)",
-                round.label, round.concurrency
-            ),
-        );
-        check(
-            streams <= CONTAINERS_PER_JOB,
-            format!(
-                "{} at {}: {:.2} log streams per container (target 1)",
-                round.label,
-                round.concurrency,
-                streams / CONTAINERS_PER_JOB
-            ),
-        );
-        check(
-            watches < 0.1,
-            format!(
-                "{} at {}: {watches:.3} watches per job, shared by all jobs (target < 0.1)",
-                round.label, round.concurrency
-            ),
-        );
-        check(
-            round.completed == round.jobs,
-            format!(
-                "{} at {}: {} of {} jobs completed",
-                round.label, round.concurrency, round.completed, round.jobs
-            ),
-        );
-        let slots = round.concurrency.div_ceil(round.replicas.max(1));
-        check(
-            round.max_live_per_instance <= slots,
-            format!(
-                "{} at {}: at most {} live Jobs per instance seen (slots {slots})",
-                round.label, round.concurrency, round.max_live_per_instance
-            ),
-        );
-    }
+}
+
+/// Requests, completions and slots of one round.
+fn round_verdicts(round: &Round, out: &mut Vec<Verdict>) {
+    let mut check = |ok: bool, text: String| out.push((ok, text));
+    let classes = audit::classify(&round.requests);
+    let objects = round.job_object_calls();
+    let streams = round.per_job(classes.log_streams);
+    let watches = round.per_job(classes.watches);
+    check(
+        objects <= 4.0,
+        format!(
+            "{} at {}: {objects:.2} object calls per job (target ≤ 4)",
+            round.label, round.concurrency
+        ),
+    );
+    check(
+        streams <= CONTAINERS_PER_JOB,
+        format!(
+            "{} at {}: {:.2} log streams per container (target 1)",
+            round.label,
+            round.concurrency,
+            streams / CONTAINERS_PER_JOB
+        ),
+    );
+    check(
+        watches < 0.1,
+        format!(
+            "{} at {}: {watches:.3} watches per job, shared by all jobs (target < 0.1)",
+            round.label, round.concurrency
+        ),
+    );
+    check(
+        round.completed == round.jobs,
+        format!(
+            "{} at {}: {} of {} jobs completed",
+            round.label, round.concurrency, round.completed, round.jobs
+        ),
+    );
+    let slots = round.concurrency.div_ceil(round.replicas.max(1));
+    check(
+        round.max_live_per_instance <= slots,
+        format!(
+            "{} at {}: at most {} live Jobs per instance seen (slots {slots})",
+            round.label, round.concurrency, round.max_live_per_instance
+        ),
+    );
+}
+
+fn log_and_memory_verdicts(results: &Results, out: &mut Vec<Verdict>) {
+    let mut check = |ok: bool, text: String| out.push((ok, text));
     if let Some(latency) = &results.log_latency {
         check(
             latency.p99_ms < 1500.0,
@@ -259,7 +279,6 @@ fn verdicts(results: &Results) -> Vec<(bool, String)> {
             );
         }
     }
-    out
 }
 
 /// Prints the report, writes it with its plot, and returns the targets missed.
@@ -311,7 +330,7 @@ fn machine() -> String {
     )
 }
 
-fn markdown(results: &Results, verdicts: &[(bool, String)]) -> String {
+fn markdown(results: &Results, verdicts: &[Verdict]) -> String {
     let mut md = String::new();
     let _ = writeln!(md, "# kube-executor: what each job costs\n");
     let _ = writeln!(

@@ -190,15 +190,8 @@ pub async fn follow(
         if ended && (terminated_before_open || probe.terminated()) {
             return Ok(());
         }
-        if ended && delivery.end_held {
-            // The program printed its last line and the stream ended: the container has exited,
-            // and the watch will say so. Only a status that stays running means a cut stream.
-            if !wait_before_reopening(true, END_OF_OUTPUT_GRACE, probe, &mut changes, stop).await {
-                return Ok(());
-            }
-            if probe.terminated() {
-                return Ok(());
-            }
+        if ended && delivery.end_held && ended_with_the_container(probe, &mut changes, stop).await {
+            return Ok(());
         }
         if probe.pod_gone() {
             return Err(FollowError::PodGone);
@@ -218,6 +211,17 @@ pub async fn follow(
             metrics.record(Event::LogStreamResumed);
         }
     }
+}
+
+/// After a stream ended right after [`END_OF_OUTPUT_LINE`]: the program printed its last line, so
+/// the container has exited and the watch will say so. Only a status that stays running (for
+/// [`END_OF_OUTPUT_GRACE`]) means a cut stream, to be reopened; `true` when following is over.
+async fn ended_with_the_container(
+    probe: &dyn ContainerProbe,
+    changes: &mut watch::Receiver<u64>,
+    stop: &CancellationToken,
+) -> bool {
+    !wait_before_reopening(true, END_OF_OUTPUT_GRACE, probe, changes, stop).await || probe.terminated()
 }
 
 /// Pause before reopening a stream that ended while the container may still run. Such an end is
