@@ -29,9 +29,14 @@ impl<'a> JobMeta<'a> {
         Self { ctx, cfg, name }
     }
 
-    /// Metadata of a Secret or the PVC: the job's labels and the executor annotation.
+    /// Metadata of a Secret or the PVC: the job's labels and the executor annotation, and the
+    /// executor's pod as owner until the Job takes over (the owner patch replaces the list): an
+    /// executor lost between creating them and creating its Job must not leave them behind, and a
+    /// replacement pod of a DaemonSet, with another name, never sweeps the lost pod's instance.
     pub(super) fn owned(&self, object_name: String) -> ObjectMeta {
-        self.object(object_name, self.executor_annotation())
+        let mut metadata = self.object(object_name, self.executor_annotation());
+        metadata.owner_references = self.pod_owner_references();
+        metadata
     }
 
     /// The Job that runs `pod_spec` once.
@@ -39,18 +44,7 @@ impl<'a> JobMeta<'a> {
         let mut job_annotations = self.cfg.job_annotations.clone();
         job_annotations.extend(self.executor_annotation());
         let mut metadata = self.object(self.name.clone(), job_annotations);
-        metadata.owner_references = self.cfg.owner_pod.as_ref().map(|pod| {
-            vec![OwnerReference {
-                api_version: "v1".into(),
-                kind: "Pod".into(),
-                name: pod.name.clone(),
-                uid: pod.uid.clone(),
-                // Not the controller (the Job controller runs it), and no blocking: that needs
-                // permission to update the pod's finalizers.
-                controller: Some(false),
-                block_owner_deletion: Some(false),
-            }]
-        });
+        metadata.owner_references = self.pod_owner_references();
         KubeJob {
             metadata,
             spec: Some(JobSpec {
@@ -87,6 +81,22 @@ impl<'a> JobMeta<'a> {
                 ..Default::default()
             }),
             ..Default::default()
+        })
+    }
+
+    /// The executor's own pod as the owner, when it is known.
+    fn pod_owner_references(&self) -> Option<Vec<OwnerReference>> {
+        self.cfg.owner_pod.as_ref().map(|pod| {
+            vec![OwnerReference {
+                api_version: "v1".into(),
+                kind: "Pod".into(),
+                name: pod.name.clone(),
+                uid: pod.uid.clone(),
+                // Not the controller (the Job controller runs it), and no blocking: that needs
+                // permission to update the pod's finalizers.
+                controller: Some(false),
+                block_owner_deletion: Some(false),
+            }]
         })
     }
 

@@ -362,6 +362,18 @@ fn the_job_is_owned_by_the_executor_pod_when_it_is_known() {
         (owner.controller, owner.block_owner_deletion),
         (Some(false), Some(false))
     );
+    // The Secret and the PVC are the pod's until the Job is created and takes them over, so an
+    // executor lost in between leaves nothing behind.
+    cfg.volume_type = VolumeType::Pvc;
+    let with_pvc = build(&batches_job(), &[], &cfg).expect("buildable");
+    let pvc = with_pvc.pvc.expect("a PVC");
+    for owners in [
+        &with_pvc.secret.metadata.owner_references,
+        &pvc.metadata.owner_references,
+    ] {
+        assert_eq!(owners.as_ref(), Some(&vec![owner.clone()]));
+    }
+    assert_eq!(plain.secret.metadata.owner_references, None);
 }
 
 #[test]
