@@ -27,16 +27,11 @@ fn read_clock_ticks() -> f64 {
         .unwrap_or(100.0)
 }
 
-/// `VmRSS` of `pid`, in KiB.
+/// `VmRSS` of `pid`, in KiB (0 once it is gone).
 pub fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
+    i32::try_from(pid)
         .ok()
-        .and_then(|status| {
-            status
-                .lines()
-                .find_map(|line| line.strip_prefix("VmRSS:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        })
+        .and_then(|pid| crate::support::status_kib(pid, "VmRSS"))
         .unwrap_or(0)
 }
 

@@ -212,18 +212,11 @@ impl Drop for ProcessSampler {
 }
 
 fn sample(pid: i32) -> Option<Sample> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|line| line.strip_prefix(name))
-            .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
-    };
     let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count();
     Some(Sample {
         at: Instant::now(),
-        rss_kib: field("VmRSS:")?,
-        peak_kib: field("VmHWM:")?,
+        rss_kib: crate::support::status_kib(pid, "VmRSS")?,
+        peak_kib: crate::support::status_kib(pid, "VmHWM")?,
         fds,
     })
 }

@@ -253,13 +253,8 @@ impl Executor {
 
     /// The executor's peak resident set size so far (`VmHWM`), in KiB.
     pub fn peak_rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
-            .expect("the executor's /proc status");
-        status
-            .lines()
-            .find_map(|line| line.strip_prefix("VmHWM:"))
-            .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap_or_else(|| panic!("no VmHWM in:\n{status}"))
+        let pid = self.pid();
+        status_kib(pid, "VmHWM").unwrap_or_else(|| panic!("no VmHWM in /proc/{pid}/status of the executor"))
     }
 
     pub fn log_text(&self) -> String {
@@ -302,6 +297,16 @@ impl Drop for Executor {
         }
         let _ = self.child.start_kill();
     }
+}
+
+/// A memory field of `/proc/<pid>/status` (`VmRSS`, `VmHWM`, …), in KiB; `None` when the process
+/// is gone or has no such field.
+pub fn status_kib(pid: i32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find_map(|line| {
+        let value = line.strip_prefix(field)?.strip_prefix(':')?;
+        value.trim().trim_end_matches("kB").trim().parse().ok()
+    })
 }
 
 /// GET over plain HTTP/1.0; returns the status code.
