@@ -25,6 +25,8 @@ pub enum Event {
     JobTimedOut,
     /// A Job left by an earlier process was deleted at startup.
     LeftoverJobDeleted,
+    /// A pod whose Job no longer exists was deleted.
+    StrayPodDeleted,
     /// A container log stream broke and was resumed.
     LogStreamResumed,
     /// A log entry reached its size cap.
@@ -39,7 +41,7 @@ pub enum Event {
 
 impl Event {
     /// Every event, in the order the status page lists them.
-    pub const ALL: [Event; 16] = [
+    pub const ALL: [Event; 17] = [
         Event::JobDequeued,
         Event::JobCreated,
         Event::JobSucceeded,
@@ -51,6 +53,7 @@ impl Event {
         Event::JobInterruptedByShutdown,
         Event::JobTimedOut,
         Event::LeftoverJobDeleted,
+        Event::StrayPodDeleted,
         Event::LogStreamResumed,
         Event::LogEntryTruncated,
         Event::WatchError,
@@ -72,6 +75,7 @@ impl Event {
             Event::JobInterruptedByShutdown => "job_interrupted_by_shutdown",
             Event::JobTimedOut => "job_timed_out",
             Event::LeftoverJobDeleted => "leftover_job_deleted",
+            Event::StrayPodDeleted => "stray_pod_deleted",
             Event::LogStreamResumed => "log_stream_resumed",
             Event::LogEntryTruncated => "log_entry_truncated",
             Event::WatchError => "watch_error",

@@ -305,6 +305,13 @@ impl Executor {
             _ = self.deps.view.wait_synced() => {}
         }
         self.sweep_leftovers().await?;
+        background.tasks.spawn(k8s::strays::remove_stray_pods(
+            self.deps.view.clone(),
+            self.deps.pods.clone(),
+            kube::Api::namespaced(self.client.clone(), &self.deps.config.kubernetes.namespace),
+            self.deps.metrics.clone(),
+            background.stop.clone(),
+        ));
         background.tasks.spawn(runner::heartbeat_loop(
             self.deps.clone(),
             self.system.clone(),

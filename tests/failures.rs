@@ -109,6 +109,40 @@ async fn a_pod_deleted_by_someone_else_fails_the_job_at_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_deleted_with_its_pod_orphaned_leaves_no_pod_or_secret_behind() {
+    let env = Env::start().await;
+    let gate = Gate::new();
+    let id = env
+        .frontend
+        .enqueue(job(vec![step("orphaned", &["echo alive", &gate.wait_cmd()])]));
+    let _executor = env.spawn_executor(&[]);
+    env.wait_for_output("batches", id, "stdout: alive", TIMEOUT).await;
+    let name = format!("sg-executor-job-batches-{id}");
+    env.jobs_api()
+        .delete(
+            &name,
+            &DeleteParams {
+                propagation_policy: Some(kube::api::PropagationPolicy::Orphan),
+                ..DeleteParams::default()
+            },
+        )
+        .await
+        .expect("delete the Job as `kubectl delete job --cascade=orphan` would");
+    let record = env.wait_terminal(id, Duration::from_secs(60)).await;
+    assert_eq!(record.state, JobState::Errored, "{record:#?}");
+    // Whichever the view shows first: the Job gone, or its pod no longer controlled by it.
+    assert!(
+        error_of(&record).contains("was deleted before it finished"),
+        "{}",
+        error_of(&record)
+    );
+    // The garbage collector strips the owner references and keeps the pod running (its step
+    // waits on a gate that never opens) and the Secret: the executor removes both, the pod once
+    // it has stayed without a Job for 20 s.
+    env.wait_no_objects(Duration::from_secs(20 + 60)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleting_the_executors_pod_garbage_collects_its_jobs() {
     let env = Env::start().await;
     // The executor runs as a host process here; this pod stands in for its own (Downward API).

@@ -81,6 +81,11 @@ impl Outcome {
         }
     }
 
+    /// Whether someone else deleted the job's Job or pod before it finished.
+    fn job_or_pod_deleted(&self) -> bool {
+        matches!(self, Outcome::Failed { failure, .. } if failure.cause == Cause::Deleted)
+    }
+
     /// A failure of the workspace setup, before any container ran.
     fn setup_failed(kind: FailureKind, reason: String) -> Self {
         Outcome::Failed {
@@ -241,7 +246,10 @@ impl JobRun {
         let outcome = supervise::Supervisor::new(self, &objects.steps, created.job, created_at)
             .run()
             .await;
-        self.teardown(&objects, created.owned).await;
+        // A Job deleted by someone else may have gone with --cascade=orphan, which strips the
+        // owner reference from its Secrets and PVC: those are then deleted by name.
+        let owned = created.owned && !outcome.job_or_pod_deleted();
+        self.teardown(&objects, owned).await;
         outcome
     }
 

@@ -1,4 +1,4 @@
-//! What a Kubernetes API error means for the executor: forbidden, not found, already there, rejected.
+//! What a Kubernetes API error means for the executor: forbidden, not found, already there, conflict, rejected.
 //!
 //! kube's `Status` helpers match the machine-readable reason. An error body that is not a
 //! `Status` (a proxy's or load balancer's plain-text answer) reaches us with only its HTTP code,
@@ -26,6 +26,11 @@ pub fn is_not_found(error: &kube::Error) -> bool {
 /// A create met an object of the same name (409; on a create that can only mean it exists).
 pub fn is_already_exists(error: &kube::Error) -> bool {
     api_status(error).is_some_and(|s| s.is_already_exists() || s.is_conflict() || s.code == 409)
+}
+
+/// A precondition (a UID or resourceVersion the call named) no longer held: 409 Conflict.
+pub fn is_conflict(error: &kube::Error) -> bool {
+    api_status(error).is_some_and(|s| s.is_conflict() || s.code == 409)
 }
 
 /// The API server refused the object or request itself (422 Invalid, 400 BadRequest): sending

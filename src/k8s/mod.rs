@@ -10,6 +10,7 @@ pub mod pod_events;
 pub mod preflight;
 pub mod request_metrics;
 pub mod script;
+pub mod strays;
 #[cfg(test)]
 pub(crate) mod testing;
 pub mod watch;

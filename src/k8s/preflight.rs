@@ -75,6 +75,13 @@ pub fn required(config: &KubernetesConfig) -> Vec<Permission> {
         ),
         perm("list", "", "pods", None, "the shared pod watch"),
         perm("watch", "", "pods", None, "the shared pod watch"),
+        perm(
+            "delete",
+            "",
+            "pods",
+            None,
+            "removing a pod whose Job no longer exists",
+        ),
         perm("get", "", "pods", Some("log"), "live log streaming"),
         perm("create", "", "secrets", None, "the per-job token Secret"),
         perm("patch", "", "secrets", None, "making the Job own its Secret"),
@@ -210,7 +217,7 @@ mod tests {
                 .iter()
                 .any(|p| p.resource == "persistentvolumeclaims" && p.verb == "create")
         );
-        let text = describe("ns", &pvc[6..7]);
+        let text = describe("ns", &pvc[7..8]);
         assert!(
             text.starts_with("cannot get resource \"pods/log\" in the namespace \"ns\""),
             "{text}"
