@@ -57,9 +57,11 @@ impl Plan {
         }
     }
 
-    /// Jobs run at `concurrency`: enough rounds that start-up costs are amortised.
-    pub fn jobs_at(concurrency: usize) -> usize {
-        (2 * concurrency).max(40)
+    /// Jobs run at `concurrency` by `replicas` executors: enough rounds that start-up costs are
+    /// amortised, and at least 40 per executor, since each one opens its own two watches at start
+    /// (in steady state an executor runs thousands of jobs on them).
+    pub fn jobs_at(concurrency: usize, replicas: usize) -> usize {
+        (2 * concurrency).max(40 * replicas)
     }
 }
 

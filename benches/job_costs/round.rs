@@ -56,14 +56,14 @@ pub async fn floor(env: &Arc<Env>, observer: &Arc<Observer>, jobs: usize) -> Rou
     }
 }
 
-/// `replicas` executors sharing `concurrency` slots run `Plan::jobs_at(concurrency)` trivial jobs.
+/// `replicas` executors sharing `concurrency` slots run `Plan::jobs_at(concurrency, replicas)` trivial jobs.
 pub async fn executors(
     env: &Arc<Env>,
     observer: &Arc<Observer>,
     concurrency: usize,
     replicas: usize,
 ) -> Round {
-    let jobs = crate::Plan::jobs_at(concurrency);
+    let jobs = crate::Plan::jobs_at(concurrency, replicas);
     let mut audit = AuditLog::from_now(env.cluster.audit_log_path());
     observer.take_max_live();
     let ids: Vec<i64> = (0..jobs).map(|_| env.frontend.enqueue(trivial_job())).collect();

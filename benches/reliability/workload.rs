@@ -20,13 +20,16 @@ pub enum Kind {
     Cancel,
     /// A payload the executor must refuse before creating anything; failed.
     Hostile,
+    /// A job streamed while every node is tainted, so no node takes its pod; errored with the
+    /// scheduler's reason once the unschedulable wait is over.
+    Unschedulable,
 }
 
 impl Kind {
     pub fn expected(self) -> JobState {
         match self {
             Kind::Numbered => JobState::Completed,
-            Kind::FailingStep | Kind::Oom => JobState::Errored,
+            Kind::FailingStep | Kind::Oom | Kind::Unschedulable => JobState::Errored,
             Kind::Cancel | Kind::Hostile => JobState::Failed,
         }
     }
@@ -95,6 +98,7 @@ pub fn build(kind: Kind, shape: Shape, index: usize) -> NewJob {
             &["python3 -c 'blocks = [bytearray(16 * 1024 * 1024) for _ in range(64)]; print(len(blocks))'"],
         )]),
         Kind::Hostile => hostile(index),
+        Kind::Unschedulable => job(vec![step("unplaced", &["echo never"])]),
     }
 }
 

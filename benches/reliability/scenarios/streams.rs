@@ -1,7 +1,15 @@
 //! Scenarios 7 and 8: hostile payloads mixed into a stream of good jobs, and the soak: a long mixed
-//! stream at concurrency 20 with the executor's memory and descriptors sampled throughout.
+//! stream at concurrency 20 with the executor's memory and descriptors sampled throughout, ending
+//! with jobs no node will take.
 
 use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Node;
+use kube::{
+    Api,
+    api::{Patch, PatchParams},
+};
+use serde_json::json;
 
 use super::Plan;
 use crate::{
@@ -32,6 +40,9 @@ pub async fn soak(plan: &Plan) -> Figures {
             executor_env: vec![
                 // The OOM jobs' step needs a limit it can exceed; the others stay far below it.
                 ("EXECUTOR_KUBERNETES_RESOURCE_LIMIT_MEMORY", "128Mi".into()),
+                // The unschedulable jobs end after this wait (no autoscaler here); the node has room
+                // for every other pod, so none of them waits for a node.
+                ("KUBERNETES_JOB_UNSCHEDULABLE_TIMEOUT", "5s".into()),
                 ("RUST_LOG", "info".into()),
             ],
             ..Setup::new(20)
@@ -45,9 +56,12 @@ pub async fn soak(plan: &Plan) -> Figures {
     let started = Instant::now();
     let launched = bed.enqueue(total, shape, workload::mixed);
     cancel_while_running(&bed, &launched, plan.finish()).await;
+    let unplaced = unschedulable_tail(&mut bed, total / 50, plan.finish()).await;
     let elapsed = started.elapsed();
     let samples = bed.memory.samples();
+    let unexplained = without_the_schedulers_reason(&bed, &unplaced);
     let mut figures = bed.finish(plan.finish()).await;
+    figures.problems.extend(unexplained);
     figures.notes.push(format!(
         "{total} jobs{}: every tenth fails a step, every tenth is OOM-killed, every tenth is cancelled \
          while running",
@@ -58,13 +72,100 @@ pub async fn soak(plan: &Plan) -> Figures {
         }
     ));
     figures.notes.push(format!(
-        "{total} jobs in {:.0} s ({:.1} jobs/min); unschedulable jobs are not part of the mix (the \
-         node selector is per executor, not per job)",
-        elapsed.as_secs_f64(),
-        total as f64 * 60.0 / elapsed.as_secs_f64()
+        "then {} more jobs with every node tainted NoSchedule (the node selector is per executor, so \
+         a stream cannot mix them in): each must end errored with the scheduler's reason",
+        unplaced.len()
     ));
+    figures.notes.push(format!(
+        "{} jobs in {:.0} s ({:.1} jobs/min)",
+        total + unplaced.len(),
+        elapsed.as_secs_f64(),
+        (total + unplaced.len()) as f64 * 60.0 / elapsed.as_secs_f64()
+    ));
+
     figures.notes.push(resource_slopes(&samples));
     figures
+}
+
+/// Taints every node NoSchedule, streams `count` jobs no node will take, waits until each ended,
+/// and removes the taint; returns their ids.
+async fn unschedulable_tail(bed: &mut Bed, count: usize, timeout: Duration) -> Vec<i64> {
+    let nodes: Api<Node> = Api::all(bed.env.cluster.client());
+    let names = bed.env.cluster.node_names();
+    for name in &names {
+        if let Err(e) = set_taint(&nodes, name, true).await {
+            bed.figures
+                .problems
+                .push(format!("could not taint node {name}: {e}"));
+            return Vec::new();
+        }
+    }
+    let launched = bed.enqueue(
+        count,
+        Shape {
+            lines: 1,
+            pause_ms: 0,
+        },
+        |_| Kind::Unschedulable,
+    );
+    let ids: Vec<i64> = launched.iter().map(|l| l.id).collect();
+    let ended = bed
+        .env
+        .frontend
+        .wait_for_jobs(timeout, |records| {
+            records
+                .iter()
+                .filter(|r| ids.contains(&r.id))
+                .all(|r| r.state.is_terminal())
+        })
+        .await;
+    if let Err(e) = ended {
+        bed.figures
+            .problems
+            .push(format!("unschedulable jobs did not end: {e}"));
+    }
+    for name in &names {
+        if let Err(e) = set_taint(&nodes, name, false).await {
+            bed.figures
+                .problems
+                .push(format!("could not untaint node {name}: {e}"));
+        }
+    }
+    ids
+}
+
+const TAINT_KEY: &str = "kube-executor.io/reliability-unschedulable";
+
+/// Adds or removes the suite's NoSchedule taint on node `name` (the simulated nodes carry no
+/// other taint once Ready, so the list is written whole).
+async fn set_taint(nodes: &Api<Node>, name: &str, on: bool) -> Result<(), kube::Error> {
+    let taints = if on {
+        json!([{"key": TAINT_KEY, "effect": "NoSchedule"}])
+    } else {
+        json!(null)
+    };
+    let patch = json!({"spec": {"taints": taints}});
+    nodes
+        .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .map(|_| ())
+}
+
+/// The jobs of `ids` whose error message is not the scheduler's, one problem each.
+fn without_the_schedulers_reason(bed: &Bed, ids: &[i64]) -> Vec<String> {
+    ids.iter()
+        .filter_map(|id| {
+            let message = bed
+                .env
+                .frontend
+                .job("batches", *id)
+                .and_then(|r| r.error_message)
+                .unwrap_or_default();
+            (!message.contains("could not be scheduled")).then(|| {
+                format!("unschedulable job {id} did not end with the scheduler's reason: {message:?}")
+            })
+        })
+        .collect()
 }
 
 /// Cancels each cancel-kind job once its step prints, until every job has finished.
