@@ -1,5 +1,6 @@
-//! Backoff for everything the executor tries again: frontend calls, the dequeue loop after
-//! frontend errors, and reopening a container log; the one module that knows the backoff crate.
+//! Backoff for everything the executor tries again: frontend calls, creating a job's Kubernetes
+//! objects, the dequeue loop after frontend errors, and reopening a container log; the one module
+//! that knows the backoff crate.
 
 use std::{future::Future, time::Duration};
 
@@ -108,6 +109,16 @@ impl RetryPolicy {
         )
     }
 
+    /// For creating a job's Kubernetes objects: rides out an API server restart (about a minute),
+    /// so a job is not errored for a blip between its dequeue and its Job.
+    pub const fn kubernetes_create() -> Self {
+        Self::new(
+            Duration::from_millis(200),
+            Duration::from_secs(5),
+            Duration::from_secs(60),
+        )
+    }
+
     /// A single attempt.
     pub const fn none() -> Self {
         Self::new(Duration::ZERO, Duration::ZERO, Duration::ZERO)
@@ -134,17 +145,19 @@ where
 }
 
 /// Like [`retry_transient`], but retries exactly the errors for which `should_retry` is true
-/// (for calls that must not be repeated once the frontend may have processed them).
-pub async fn retry_when<T, F, Fut, P>(
+/// (for calls that must not be repeated once the frontend may have processed them, and for
+/// Kubernetes calls).
+pub async fn retry_when<T, E, F, Fut, P>(
     op: &'static str,
     policy: RetryPolicy,
     should_retry: P,
     attempt: F,
-) -> Result<T, QueueError>
+) -> Result<T, E>
 where
     F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, QueueError>>,
-    P: Fn(&QueueError) -> bool,
+    Fut: Future<Output = Result<T, E>>,
+    P: Fn(&E) -> bool,
+    E: std::fmt::Display,
 {
     let mut attempt = attempt;
     if policy.max_elapsed.is_zero() {
@@ -161,14 +174,14 @@ where
                 .map(|delay| delay.min(policy.max_delay))
                 .filter(|delay| started.elapsed() + *delay <= policy.max_elapsed)
         })
-        .notify(|err: &QueueError, delay: Duration| {
+        .notify(|err: &E, delay: Duration| {
             failed_attempts += 1;
             tracing::warn!(
                 op,
                 attempt = failed_attempts,
                 retry_in_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
                 error = %err,
-                "frontend request failed, retrying"
+                "request failed, retrying"
             );
         })
         .await
@@ -274,7 +287,7 @@ mod tests {
         let result: Result<(), _> = retry_when(
             "test",
             fast(),
-            |err| err.status() == Some(429),
+            |err: &QueueError| err.status() == Some(429),
             || async {
                 calls.fetch_add(1, Ordering::SeqCst);
                 Err(unavailable())

@@ -1,4 +1,4 @@
-//! What a Kubernetes API error means for the executor: forbidden, not found, already there, conflict, rejected.
+//! What a Kubernetes API error means for the executor: forbidden, not found, already there, conflict, transient, rejected.
 //!
 //! kube's `Status` helpers match the machine-readable reason. An error body that is not a
 //! `Status` (a proxy's or load balancer's plain-text answer) reaches us with only its HTTP code,
@@ -31,6 +31,17 @@ pub fn is_already_exists(error: &kube::Error) -> bool {
 /// A precondition (a UID or resourceVersion the call named) no longer held: 409 Conflict.
 pub fn is_conflict(error: &kube::Error) -> bool {
     api_status(error).is_some_and(|s| s.is_conflict() || s.code == 409)
+}
+
+/// The call may succeed if made again: the API server could not be reached or the connection
+/// broke (the request may or may not have been applied), or it answered 429 or a 5xx that means
+/// overloaded, restarting or timed out.
+pub fn is_transient(error: &kube::Error) -> bool {
+    match error {
+        kube::Error::Api(status) => matches!(status.code, 429 | 500 | 502 | 503 | 504),
+        kube::Error::Service(_) | kube::Error::HyperError(_) => true,
+        _ => false,
+    }
 }
 
 /// The API server refused the object or request itself (422 Invalid, 400 BadRequest): sending

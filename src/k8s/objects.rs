@@ -14,6 +14,7 @@ use serde::de::DeserializeOwned;
 use tracing::{info, warn};
 
 use super::{api_error, job_spec::JobObjects, labels, watch::CreatedJob};
+use crate::retry::{RetryPolicy, retry_when};
 
 /// Why a job's objects could not be created.
 #[derive(Debug, thiserror::Error)]
@@ -198,7 +199,17 @@ impl Objects {
         K: Resource + Clone + DeserializeOwned + serde::Serialize + std::fmt::Debug,
     {
         let name = object.meta().name.clone().unwrap_or_default();
-        match api.create(&PostParams::default(), object).await {
+        // NB: a broken connection may hide a create that was applied; the next attempt then meets
+        // our own object and replaces it below, like any leftover.
+        let params = PostParams::default();
+        let first = retry_when(
+            "kubernetes.create",
+            RetryPolicy::kubernetes_create(),
+            api_error::is_transient,
+            || api.create(&params, object),
+        )
+        .await;
+        match first {
             Ok(created) => return Ok((created, 0)),
             Err(error) if api_error::is_already_exists(&error) => {}
             Err(error) => return Err(classify(kind, &name, error)),
@@ -541,6 +552,34 @@ mod tests {
             matches!(error, CreateError::Forbidden { kind: "Secret", .. }),
             "{error}"
         );
+        server.assert_no_more_calls().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_create_the_api_server_could_not_serve_is_tried_again() {
+        let (objects, mut server) = objects();
+        let create = tokio::spawn(async move { objects.create(&job_objects(false)).await });
+
+        // A restarting API server answers 503 twice; the job goes on once it is back.
+        for _ in 0..2 {
+            server
+                .expect(&format!("POST {SECRETS}"))
+                .await
+                .fail(503, "ServiceUnavailable");
+        }
+        let call = server.expect(&format!("POST {SECRETS}")).await;
+        let body = stored(&call.body, "s1");
+        call.answer(201, body);
+        let call = server.expect(&format!("POST {JOBS}")).await;
+        let body = stored(&call.body, "j1");
+        call.answer(201, body);
+        let call = server.expect(&format!("PATCH {SECRETS}/sg-job-1-secrets")).await;
+        let body = stored(&call.body, "s1");
+        call.answer(200, body);
+
+        let created = finished(create).await.expect("created after the retries");
+        assert_eq!(created.replaced_leftovers, 0);
+        assert_eq!(created.job.uid, "j1");
         server.assert_no_more_calls().await;
     }
 
