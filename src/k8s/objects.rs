@@ -395,11 +395,22 @@ fn background() -> DeleteParams {
     DeleteParams::background()
 }
 
+/// Deletes `name`, trying again while the API server is unreachable or answers 429/5xx (for up to
+/// a minute, as creates do); NotFound counts as done, so a delete applied before its answer was
+/// lost is done too.
 async fn delete_quietly<K>(api: &Api<K>, name: &str) -> Result<(), kube::Error>
 where
     K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
 {
-    match api.delete(name, &background()).await {
+    let params = background();
+    let deleted = retry_when(
+        "kubernetes.delete",
+        RetryPolicy::kubernetes_create(),
+        api_error::is_transient,
+        || api.delete(name, &params),
+    )
+    .await;
+    match deleted {
         Ok(_) => Ok(()),
         Err(error) if api_error::is_not_found(&error) => Ok(()),
         Err(error) => Err(error),
@@ -712,11 +723,16 @@ mod tests {
             .expect(&format!("DELETE {JOBS}/sg-job-1"))
             .await
             .answer(200, deleted());
-        // A failed delete is left for the next sweep; the sweep goes on.
+        // A delete the API server could not serve is tried again.
         server
             .expect(&format!("DELETE {JOBS}/sg-job-2"))
             .await
-            .fail(500, "InternalError");
+            .fail(503, "ServiceUnavailable");
+        // One that fails for good is left for the next sweep; the sweep goes on.
+        server
+            .expect(&format!("DELETE {JOBS}/sg-job-2"))
+            .await
+            .fail(409, "Conflict");
         let call = server.expect(&format!("GET {SECRETS}")).await;
         assert_eq!(call.param("labelSelector"), Some(OURS));
         let secrets = vec![named("Secret", "owned", true), named("Secret", "stray", false)];
