@@ -109,9 +109,9 @@ impl RetryPolicy {
         )
     }
 
-    /// For creating a job's Kubernetes objects: rides out an API server restart (about a minute),
-    /// so a job is not errored for a blip between its dequeue and its Job.
-    pub const fn kubernetes_create() -> Self {
+    /// For creating and deleting a job's Kubernetes objects: rides out an API server restart
+    /// (about a minute), so a job is not errored, nor its objects left, for a blip.
+    pub const fn kubernetes_objects() -> Self {
         Self::new(
             Duration::from_millis(200),
             Duration::from_secs(5),

@@ -204,7 +204,7 @@ impl Objects {
         let params = PostParams::default();
         let first = retry_when(
             "kubernetes.create",
-            RetryPolicy::kubernetes_create(),
+            RetryPolicy::kubernetes_objects(),
             api_error::is_transient,
             || api.create(&params, object),
         )
@@ -405,7 +405,7 @@ where
     let params = background();
     let deleted = retry_when(
         "kubernetes.delete",
-        RetryPolicy::kubernetes_create(),
+        RetryPolicy::kubernetes_objects(),
         api_error::is_transient,
         || api.delete(name, &params),
     )
