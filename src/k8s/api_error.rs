@@ -25,7 +25,7 @@ pub fn is_not_found(error: &kube::Error) -> bool {
 
 /// A create met an object of the same name (409; on a create that can only mean it exists).
 pub fn is_already_exists(error: &kube::Error) -> bool {
-    api_status(error).is_some_and(|s| s.is_already_exists() || s.is_conflict() || s.code == 409)
+    api_status(error).is_some_and(|s| s.is_already_exists()) || is_conflict(error)
 }
 
 /// A precondition (a UID or resourceVersion the call named) no longer held: 409 Conflict.

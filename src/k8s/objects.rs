@@ -488,6 +488,20 @@ mod tests {
         object
     }
 
+    /// Answers the rest of a create that succeeds: the Secret stored with UID `secret_uid`, the
+    /// Job with UID `j1`, and the patch that makes the Job own the Secret.
+    async fn answer_secret_job_and_owner_patch(server: &mut ApiServer, secret_uid: &str) {
+        let call = server.expect(&format!("POST {SECRETS}")).await;
+        let body = stored(&call.body, secret_uid);
+        call.answer(201, body);
+        let call = server.expect(&format!("POST {JOBS}")).await;
+        let body = stored(&call.body, "j1");
+        call.answer(201, body);
+        let call = server.expect(&format!("PATCH {SECRETS}/sg-job-1-secrets")).await;
+        let body = stored(&call.body, secret_uid);
+        call.answer(200, body);
+    }
+
     fn named(kind: &str, name: &str, owned: bool) -> Value {
         let owners = if owned {
             json!([{"apiVersion": "batch/v1", "kind": "Job", "name": "sg-job-9", "uid": "u9"}])
@@ -578,15 +592,7 @@ mod tests {
                 .await
                 .fail(503, "ServiceUnavailable");
         }
-        let call = server.expect(&format!("POST {SECRETS}")).await;
-        let body = stored(&call.body, "s1");
-        call.answer(201, body);
-        let call = server.expect(&format!("POST {JOBS}")).await;
-        let body = stored(&call.body, "j1");
-        call.answer(201, body);
-        let call = server.expect(&format!("PATCH {SECRETS}/sg-job-1-secrets")).await;
-        let body = stored(&call.body, "s1");
-        call.answer(200, body);
+        answer_secret_job_and_owner_patch(&mut server, "s1").await;
 
         let created = finished(create).await.expect("created after the retries");
         assert_eq!(created.replaced_leftovers, 0);
@@ -632,15 +638,7 @@ mod tests {
             .expect(&format!("GET {SECRETS}"))
             .await
             .answer(200, list("SecretList", vec![]));
-        let call = server.expect(&format!("POST {SECRETS}")).await;
-        let body = stored(&call.body, "s2");
-        call.answer(201, body);
-        let call = server.expect(&format!("POST {JOBS}")).await;
-        let body = stored(&call.body, "j1");
-        call.answer(201, body);
-        let call = server.expect(&format!("PATCH {SECRETS}/sg-job-1-secrets")).await;
-        let body = stored(&call.body, "s2");
-        call.answer(200, body);
+        answer_secret_job_and_owner_patch(&mut server, "s2").await;
 
         let created = finished(create).await.expect("created");
         assert_eq!(created.replaced_leftovers, 1);
@@ -665,15 +663,7 @@ mod tests {
         let call = server.expect(&format!("GET {SECRETS}")).await;
         assert_eq!(call.param("labelSelector"), None);
         call.answer(200, list("SecretList", vec![]));
-        let call = server.expect(&format!("POST {SECRETS}")).await;
-        let body = stored(&call.body, "s2");
-        call.answer(201, body);
-        let call = server.expect(&format!("POST {JOBS}")).await;
-        let body = stored(&call.body, "j1");
-        call.answer(201, body);
-        let call = server.expect(&format!("PATCH {SECRETS}/sg-job-1-secrets")).await;
-        let body = stored(&call.body, "s2");
-        call.answer(200, body);
+        answer_secret_job_and_owner_patch(&mut server, "s2").await;
 
         let created = finished(create)
             .await

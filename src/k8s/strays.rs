@@ -22,7 +22,10 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::{api_error, watch::ClusterView};
+use super::{
+    api_error,
+    watch::{self, ClusterView},
+};
 use crate::{events::Event, metrics::Metrics};
 
 /// How long a pod must stay uncontrolled before it is removed: the garbage collector deletes the
@@ -76,10 +79,7 @@ impl StrayWatch {
 /// `pod` as a stray, unless its controller is one of the `live` Job UIDs.
 fn uncontrolled(pod: &Pod, live: &HashSet<&str>) -> Option<StrayPod> {
     let uid = pod.metadata.uid.clone()?;
-    let controller = pod
-        .owner_references()
-        .iter()
-        .find(|owner| owner.controller == Some(true) && owner.kind == "Job");
+    let controller = watch::controller(pod).filter(|owner| owner.kind == "Job");
     if controller.is_some_and(|owner| live.contains(owner.uid.as_str())) {
         return None;
     }

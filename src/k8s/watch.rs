@@ -7,7 +7,10 @@
 use std::{sync::Arc, time::Duration};
 
 use futures_util::StreamExt;
-use k8s_openapi::api::{batch::v1::Job, core::v1::Pod};
+use k8s_openapi::{
+    api::{batch::v1::Job, core::v1::Pod},
+    apimachinery::pkg::apis::meta::v1::OwnerReference,
+};
 use kube::{
     Api, Client, Resource, ResourceExt,
     runtime::{
@@ -136,10 +139,15 @@ pub struct CreatedJob {
     pub uid: String,
 }
 
-fn controlled_by(pod: &Pod, uid: &str) -> bool {
+/// The owner reference that controls `pod` (the API server allows at most one).
+pub fn controller(pod: &Pod) -> Option<&OwnerReference> {
     pod.owner_references()
         .iter()
-        .any(|owner| owner.controller == Some(true) && owner.uid == uid)
+        .find(|owner| owner.controller == Some(true))
+}
+
+fn controlled_by(pod: &Pod, uid: &str) -> bool {
+    controller(pod).is_some_and(|owner| owner.uid == uid)
 }
 
 /// Where one watch reports: the shared change counter and sync flags, metrics, and when to stop.

@@ -82,7 +82,6 @@ pub async fn soak(plan: &Plan) -> Figures {
         elapsed.as_secs_f64(),
         (total + unplaced.len()) as f64 * 60.0 / elapsed.as_secs_f64()
     ));
-
     figures.notes.push(resource_slopes(&samples));
     figures
 }
