@@ -9,7 +9,8 @@
 //!   job::run ─ registry ─ fetch files ─ k8s::job_spec (objects) ─ k8s::objects::create
 //!            ─ job::supervise (shared pod watch, k8s::failure verdicts)
 //!                 └─ job::follow, one per container: k8s::logs → log_entry (entries in pod order)
-//!            ─ job::report: teardown (delete Job) ─ markComplete / markErrored / markFailed
+//!            ─ job::report: delete the Job (while the final entry updates go) ─ teardown entries
+//!                 ─ markComplete / markErrored / markFailed
 //!   nfr ─ restarts and ulimits of job pods (shared pod watch) and the executor's own pod → /nfr
 //! ```
 //!

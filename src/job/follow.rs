@@ -1,10 +1,16 @@
 //! Container log followers: each started container's log is streamed into its execution log
 //! entry, entries are added in pod order, and each entry is closed with the container's exit code.
 
-use std::time::Duration;
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
 
 use jiff::Timestamp;
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc::UnboundedReceiver, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error};
 
@@ -17,9 +23,14 @@ use crate::{
     },
     log_entry::{EntrySink, LogEntryWriter},
     metrics::CommandOp,
-    queue::client::JobHandle,
+    queue::{QueueError, client::JobHandle},
     redact::Redactor,
 };
+
+/// Lines taken from the channel at once; the channel is emptied before the stream is read again.
+const LINES_PER_BATCH: usize = 1024;
+/// How much of a log is read before its entry has been added (the frontend may be slow to answer).
+const READ_AHEAD_BYTES: usize = 1024 * 1024;
 
 /// A container whose log could not be read, so the job's output is incomplete.
 #[derive(Debug)]
@@ -58,6 +69,7 @@ impl EntryOrder {
 }
 
 /// One follower's place in [`EntryOrder`].
+#[derive(Default)]
 pub struct EntryTurn {
     after: Option<oneshot::Receiver<()>>,
     done: Option<oneshot::Sender<()>>,
@@ -95,26 +107,46 @@ pub struct ContainerFollower {
     pub container: String,
     pub entry: EntrySpec,
     pub turn: EntryTurn,
+    /// Told once the log has been read to the end (dropped if the follower ends before): the
+    /// final entry update needs nothing more from the pod, so the Job may be deleted meanwhile.
+    pub log_read: Option<oneshot::Sender<()>>,
     pub stop: CancellationToken,
+}
+
+/// A container's log being read into a channel, line by line, by the `follow` future.
+struct LogReading<'f, F> {
+    follow: std::pin::Pin<&'f mut F>,
+    lines: UnboundedReceiver<String>,
+    /// Bytes the follower has put in the channel so far.
+    read: Arc<AtomicUsize>,
+    /// `follow` finished (the channel then ends after its last line).
+    ended: bool,
+    /// What made the log unreadable, when `follow` said so.
+    problem: Option<UnreadableLog>,
 }
 
 impl ContainerFollower {
     /// Streams the container's log into its entry and closes the entry with the exit code.
     /// Returns what made the log unreadable, if anything did.
     pub async fn run(mut self) -> Option<UnreadableLog> {
-        self.turn.wait().await;
-        let sink = EntrySink {
-            client: self.deps.queue.clone(),
-            job: self.handle.clone(),
-            redactor: self.redactor.clone(),
-            max_bytes: self.deps.config.log_entry_max_bytes,
-            metrics: self.deps.metrics.clone(),
+        let mut turn = std::mem::take(&mut self.turn);
+        let log_read = self.log_read.take();
+        let (tx, lines) = tokio::sync::mpsc::unbounded_channel::<String>();
+        let read = Arc::new(AtomicUsize::new(0));
+        let counter = read.clone();
+        // The follower owns the only sender: the channel ends after its last line.
+        let follow = self.follow_log(move |line| {
+            counter.fetch_add(line.len() + 1, Ordering::Relaxed);
+            let _ = tx.send(line.to_string());
+        });
+        let mut reading = LogReading {
+            follow: std::pin::pin!(follow),
+            lines,
+            read,
+            ended: false,
+            problem: None,
         };
-        let opened =
-            LogEntryWriter::open(sink, &self.entry.key, &self.entry.command, self.entry.start_time).await;
-        // Whether or not it was added, the next container's entry may now be added.
-        self.turn.done();
-        let writer = match opened {
+        let writer = match self.open_entry(&mut turn, &mut reading).await {
             Ok(writer) => writer,
             Err(error) => {
                 error!(key = %self.entry.key, %error, "could not create the execution log entry");
@@ -125,14 +157,56 @@ impl ContainerFollower {
             }
         };
         debug!(key = %self.entry.key, container = %self.container, "following container log");
-        let (writer, problem) = self.stream_into(writer).await;
+        let (writer, problem) = self.stream_into(writer, &mut reading).await;
         let exit_code = exit_code_of(&self.deps.view, &self.job, &self.container).unwrap_or(1);
+        if let Some(log_read) = log_read {
+            let _ = log_read.send(());
+        }
         if let Err(error) = writer.finish(exit_code).await {
             error!(key = %self.entry.key, %error, "could not send the final log entry update");
             return problem
                 .or_else(|| Some(self.unrecorded(format!("its final log entry update failed: {error}"))));
         }
         problem
+    }
+
+    /// Adds the entry in its turn, reading the log meanwhile up to [`READ_AHEAD_BYTES`]: a
+    /// container first seen when it has already ended has its log opened while its entry is added.
+    async fn open_entry<F>(
+        &self,
+        turn: &mut EntryTurn,
+        reading: &mut LogReading<'_, F>,
+    ) -> Result<LogEntryWriter, QueueError>
+    where
+        F: Future<Output = Result<(), UnreadableLog>>,
+    {
+        let sink = EntrySink {
+            client: self.deps.queue.clone(),
+            job: self.handle.clone(),
+            redactor: self.redactor.clone(),
+            max_bytes: self.deps.config.log_entry_max_bytes,
+            metrics: self.deps.metrics.clone(),
+        };
+        let open = async {
+            turn.wait().await;
+            let opened =
+                LogEntryWriter::open(sink, &self.entry.key, &self.entry.command, self.entry.start_time).await;
+            // Whether or not it was added, the next container's entry may now be added.
+            turn.done();
+            opened
+        };
+        let mut open = std::pin::pin!(open);
+        loop {
+            let room = reading.read.load(Ordering::Relaxed) < READ_AHEAD_BYTES;
+            tokio::select! {
+                biased;
+                opened = &mut open => return opened,
+                result = &mut reading.follow, if !reading.ended && room => {
+                    reading.ended = true;
+                    reading.problem = result.err();
+                }
+            }
+        }
     }
 
     fn unrecorded(&self, error: String) -> UnreadableLog {
@@ -143,33 +217,41 @@ impl ContainerFollower {
     }
 
     /// Feeds every log line to `writer`, sending updates while the log grows, until the log ends.
-    async fn stream_into(&self, mut writer: LogEntryWriter) -> (LogEntryWriter, Option<UnreadableLog>) {
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
-        // The follower owns the only sender: the channel ends after its last line.
-        let follow = self.follow_log(move |line| {
-            let _ = tx.send(line.to_string());
-        });
-        let mut follow = std::pin::pin!(follow);
-        let mut follow_done = false;
-        let mut problem = None;
+    ///
+    /// The stream is read only while nothing waits in the channel and no update is due, so what
+    /// waits in memory is at most what one read of the stream brings; while an update is sent the
+    /// stream is not read, and a fast writer in the pod meets the connection's back-pressure.
+    async fn stream_into<F>(
+        &self,
+        mut writer: LogEntryWriter,
+        reading: &mut LogReading<'_, F>,
+    ) -> (LogEntryWriter, Option<UnreadableLog>)
+    where
+        F: Future<Output = Result<(), UnreadableLog>>,
+    {
+        let mut batch = Vec::new();
         loop {
             let wait = writer.next_flush_in().unwrap_or(Duration::from_secs(3600));
             tokio::select! {
-                line = rx.recv() => match line {
-                    Some(line) => {
+                biased;
+                received = reading.lines.recv_many(&mut batch, LINES_PER_BATCH) => {
+                    if received == 0 {
+                        break;
+                    }
+                    for line in batch.drain(..) {
                         // The line plus the newline it ended with.
                         self.deps.metrics.record_log_output(line.len() + 1, 1);
                         writer.push_line(&line);
                     }
-                    None => break,
-                },
-                result = &mut follow, if !follow_done => {
-                    follow_done = true;
-                    problem = result.err();
                 }
                 _ = tokio::time::sleep(wait) => writer.flush_if_due().await,
+                result = &mut reading.follow, if !reading.ended => {
+                    reading.ended = true;
+                    reading.problem = result.err();
+                }
             }
         }
+        let problem = reading.problem.take();
         if let Some(unreadable) = &problem {
             writer.push_line(&format!("[kube-executor] {}", unreadable.error));
         }

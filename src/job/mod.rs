@@ -4,7 +4,9 @@
 //! ```text
 //! run ─ JobRun::execute ─ fetch_files ─ build objects ─ create ─ supervise::Supervisor ─┐
 //!                                                                follow::ContainerFollower (one per container)
-//!     ─ report::teardown ─ report::report ◄──────────────────────────────────────────────┘
+//!     ─ logs read to the end ◄───────────────────────────────────────────────────────────┘
+//!     ─ report::delete_objects, while the followers send their final entry updates
+//!     ─ report::record_teardown ─ report::report
 //! ```
 
 mod follow;
@@ -243,14 +245,18 @@ impl JobRun {
                 return Outcome::setup_failed(kind, error.to_string());
             }
         };
-        let outcome = supervise::Supervisor::new(self, &objects.steps, created.job, created_at)
-            .run()
-            .await;
+        let mut supervisor = supervise::Supervisor::new(self, &objects.steps, created.job, created_at);
+        let outcome = supervisor.watch_to_end().await;
+        let pod_finished = matches!(outcome, Outcome::Succeeded | Outcome::Failed { .. });
+        supervisor.wait_logs_read(pod_finished).await;
         // A Job deleted by someone else may have gone with --cascade=orphan, which strips the
         // owner reference from its Secrets and PVC: those are then deleted by name.
         let owned = created.owned && !outcome.job_or_pod_deleted();
-        self.teardown(&objects, owned).await;
-        outcome
+        // Every log has been read, so the Job can go while the final entry updates are sent.
+        let (deletion, unreadable) =
+            tokio::join!(self.delete_objects(&objects, owned), supervisor.followers_done());
+        self.record_teardown(deletion).await;
+        supervisor.judge_output(outcome, unreadable)
     }
 
     /// Fetches the workspace files stored on the frontend, with the job token, so the pod never

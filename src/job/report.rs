@@ -16,11 +16,36 @@ use crate::{
     queue::{QueueError, client::MarkOutcome},
 };
 
+/// What the teardown's deletes did, for its log entry.
+pub(super) struct Deletion {
+    start: (Timestamp, Instant),
+    /// What was deleted, or what could not be.
+    result: Result<Vec<String>, Vec<String>>,
+}
+
 impl JobRun {
-    /// Deletes the job's objects (unless KUBERNETES_KEEP_JOBS) and records the teardown entries.
-    pub(super) async fn teardown(&self, objects: &JobObjects, owned: bool) {
-        if !self.deps.config.kubernetes.keep_jobs {
-            self.delete_objects(objects, owned).await;
+    /// Deletes the job's objects, unless KUBERNETES_KEEP_JOBS; `None` when they are kept.
+    pub(super) async fn delete_objects(&self, objects: &JobObjects, owned: bool) -> Option<Deletion> {
+        if self.deps.config.kubernetes.keep_jobs {
+            return None;
+        }
+        let start = (Timestamp::now(), Instant::now());
+        let result = self.deps.objects.delete_all(objects, owned).await;
+        self.deps
+            .metrics
+            .observe_command(CommandOp::JobDelete, start.1.elapsed(), result.is_ok());
+        if let Err(failed) = &result {
+            warn!(failures = ?failed, "teardown incomplete; ttlSecondsAfterFinished and the startup sweep will remove the rest");
+        }
+        let result =
+            result.map_err(|failed| failed.iter().map(|f| format!("failed to delete {f}")).collect());
+        Some(Deletion { start, result })
+    }
+
+    /// Records the teardown entries: the deletes (when there were any), then the workspace's.
+    pub(super) async fn record_teardown(&self, deletion: Option<Deletion>) {
+        if let Some(deletion) = deletion {
+            self.record_deletion(deletion).await;
         }
         let start = (Timestamp::now(), Instant::now());
         let line = if self.deps.config.keep_workspaces {
@@ -43,19 +68,10 @@ impl JobRun {
         }
     }
 
-    async fn delete_objects(&self, objects: &JobObjects, owned: bool) {
-        let start = (Timestamp::now(), Instant::now());
-        let deleted = self.deps.objects.delete_all(objects, owned).await;
-        self.deps
-            .metrics
-            .observe_command(CommandOp::JobDelete, start.1.elapsed(), deleted.is_ok());
-        let (lines, exit_code) = match deleted {
+    async fn record_deletion(&self, Deletion { start, result }: Deletion) {
+        let (lines, exit_code) = match result {
             Ok(done) => (done, 0),
-            Err(failed) => {
-                let lines: Vec<String> = failed.iter().map(|f| format!("failed to delete {f}")).collect();
-                warn!(failures = ?failed, "teardown incomplete; ttlSecondsAfterFinished and the startup sweep will remove the rest");
-                (lines, 1)
-            }
+            Err(failed) => (failed, 1),
         };
         let command = ["kubectl", "delete", "job", &self.job_name, "--cascade=background"]
             .map(String::from)

@@ -1,5 +1,5 @@
 //! Watches a job's pod through the shared watch until it ends, starting a log follower for each
-//! container as it starts, then lets the followers finish their entries.
+//! container as it starts, then waits for the followers to read their logs and close their entries.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -8,7 +8,7 @@ use std::{
 
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
-use tokio::task::JoinSet;
+use tokio::{sync::oneshot, task::JoinSet};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, warn};
 
@@ -43,6 +43,8 @@ pub(super) struct Supervisor<'a> {
     job: CreatedJob,
     judge: StuckPodJudge,
     followers: JoinSet<Option<UnreadableLog>>,
+    /// One per follower: fires (or is dropped) once its container's log has been read to the end.
+    logs_read: Vec<oneshot::Receiver<()>>,
     following: HashSet<String>,
     restarts: HashMap<String, i32>,
     entry_order: EntryOrder,
@@ -64,6 +66,7 @@ impl<'a> Supervisor<'a> {
                 ),
             ),
             followers: JoinSet::new(),
+            logs_read: Vec::new(),
             following: HashSet::new(),
             restarts: HashMap::new(),
             entry_order: EntryOrder::default(),
@@ -72,8 +75,8 @@ impl<'a> Supervisor<'a> {
         }
     }
 
-    /// Supervises the pod to its end; returns how the job ended, once every entry is closed.
-    pub(super) async fn run(mut self) -> Outcome {
+    /// Watches the pod to its end (or the job's stop) and returns how it ended.
+    pub(super) async fn watch_to_end(&mut self) -> Outcome {
         let started = Instant::now();
         let outcome = self.watch_until_done().await;
         let succeeded = matches!(outcome, Outcome::Succeeded);
@@ -81,10 +84,12 @@ impl<'a> Supervisor<'a> {
             .deps
             .metrics
             .observe_command(CommandOp::PodWait, started.elapsed(), succeeded);
-        let finished = matches!(outcome, Outcome::Succeeded | Outcome::Failed { .. });
-        let unreadable = self.drain_followers(finished).await;
-        // A job whose output could not be read did not really succeed: batch changes read their
-        // results from the logs, so report it rather than complete it with missing output.
+        outcome
+    }
+
+    /// A job whose output could not be read did not really succeed: batch changes read their
+    /// results from the logs, so it is reported rather than completed with missing output.
+    pub(super) fn judge_output(&self, outcome: Outcome, unreadable: Option<UnreadableLog>) -> Outcome {
         match (outcome, unreadable) {
             (Outcome::Succeeded, Some(log)) => Outcome::Failed {
                 key: self.entry_key(&log.container),
@@ -164,6 +169,8 @@ impl<'a> Supervisor<'a> {
                 continue;
             }
             let (key, command) = job_spec::entry_for_container(self.steps, &cs.name);
+            let (log_read, read) = oneshot::channel();
+            self.logs_read.push(read);
             let follower = ContainerFollower {
                 deps: self.run.deps.clone(),
                 handle: self.run.handle.clone(),
@@ -177,6 +184,7 @@ impl<'a> Supervisor<'a> {
                     start_time: started_at(cs),
                 },
                 turn: self.entry_order.next_turn(),
+                log_read: Some(log_read),
                 stop: self.stop_followers.clone(),
             };
             self.followers.spawn(follower.run().in_current_span());
@@ -189,11 +197,11 @@ impl<'a> Supervisor<'a> {
         }
     }
 
-    /// Lets the followers send their final updates (before the Job is deleted); returns the first
-    /// log that could not be read.
-    async fn drain_followers(&mut self, pod_finished: bool) -> Option<UnreadableLog> {
+    /// Waits until every follower has read its container's log to the end: from then on the pod
+    /// may go. Followers that take too long are stopped.
+    pub(super) async fn wait_logs_read(&mut self, pod_finished: bool) {
         // A finished pod's containers have all terminated, so its logs end by themselves. A
-        // stopped job's pod is deleted first, which ends its log streams.
+        // stopped job's streams are stopped here.
         if !pod_finished {
             self.stop_followers.cancel();
         }
@@ -203,20 +211,30 @@ impl<'a> Supervisor<'a> {
             STOPPED_DRAIN
         });
         tokio::pin!(deadline);
-        let mut unreadable = None;
+        let all_read = futures_util::future::join_all(self.logs_read.drain(..));
+        tokio::pin!(all_read);
         loop {
             tokio::select! {
-                done = self.followers.join_next() => match done {
-                    None => return unreadable,
-                    Some(Ok(Some(log))) => { unreadable.get_or_insert(log); }
-                    Some(_) => {}
-                },
+                // A follower that ended early dropped its sender, which counts as read.
+                _ = &mut all_read => return,
                 _ = &mut deadline, if !self.stop_followers.is_cancelled() => {
                     warn!("log followers did not finish in time; closing their entries");
                     self.stop_followers.cancel();
                 }
             }
         }
+    }
+
+    /// Waits for the followers' final entry updates; returns the first log that could not be
+    /// read or recorded.
+    pub(super) async fn followers_done(&mut self) -> Option<UnreadableLog> {
+        let mut unreadable = None;
+        while let Some(done) = self.followers.join_next().await {
+            if let Ok(Some(log)) = done {
+                unreadable.get_or_insert(log);
+            }
+        }
+        unreadable
     }
 
     /// The entry key of a container of this pod.
