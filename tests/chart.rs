@@ -157,37 +157,8 @@ async fn sourcegraph_shaped_overlay_runs_jobs_in_the_overlays_namespace() {
     let env = Env::start().await;
     let dir = env.cluster.dir().join("deploy-sourcegraph-overlay");
     std::fs::create_dir_all(&dir).expect("create the overlay directory");
-    // Only what a user fills in (frontend URL and password), what the simulated nodes need (small job
-    // pods, the API server address, a free health port) and nothing about the namespace.
-    let extra = format!(
-        r#"  - patch: |-
-      apiVersion: v1
-      kind: ConfigMap
-      metadata: {{name: executor-config}}
-      data:
-        EXECUTOR_FRONTEND_URL: "{frontend}"
-        EXECUTOR_HEALTH_SERVER_ADDR: "127.0.0.1:0"
-        EXECUTOR_QUEUE_POLL_INTERVAL: 200ms
-        EXECUTOR_KUBERNETES_RESOURCE_REQUEST_MEMORY: 64Mi
-        EXECUTOR_KUBERNETES_RESOURCE_LIMIT_MEMORY: 2Gi
-  - target: {{kind: Deployment, name: executor}}
-    patch: |-
-      - op: add
-        path: /spec/template/spec/containers/0/env/-
-        value: {{name: KUBERNETES_SERVICE_HOST, value: "127.0.0.1"}}
-      - op: add
-        path: /spec/template/spec/containers/0/env/-
-        value: {{name: KUBERNETES_SERVICE_PORT, value: "{api_port}"}}
-secretGenerator:
-  - name: executor-secret
-    behavior: replace
-    literals:
-      - password={password}
-"#,
-        frontend = env.frontend.url(),
-        api_port = support::deploy::api_server_port(&env),
-        password = env.frontend.access_token().unwrap_or_default(),
-    );
+    // Only what a user fills in and what the simulated nodes need; nothing about the namespace.
+    let extra = support::deploy::overlay_patches(&env, "Deployment/executor", &[]);
     let staged = StagedBinary::new();
     support::deploy::apply_kustomization(
         &env,

@@ -1,8 +1,9 @@
-//! Several executors from the Helm chart, deployed for real: a StatefulSet of 3 and a DaemonSet on 5
-//! nodes each run 300 queued jobs exactly once, a watch of the cluster never sees an executor
-//! instance with more live Jobs than its slots, DaemonSet executors run their jobs on their own
-//! node, and force-deleting one executor's pod mid-run loses no job (the frontend re-queues its
-//! jobs for the others) and leaves nothing behind (its Jobs are owned by its pod).
+//! Several executors deployed for real, from the Helm chart and from the Kustomize examples: a
+//! StatefulSet of 3 and a DaemonSet on 5 nodes each run 300 queued jobs exactly once, a watch of the
+//! cluster never sees an executor instance with more live Jobs than its slots, DaemonSet executors
+//! run their jobs on their own node, and force-deleting one executor's pod mid-run loses no job (the
+//! frontend re-queues its jobs for the others) and leaves nothing behind (its Jobs are owned by its
+//! pod).
 
 mod support;
 
@@ -22,13 +23,17 @@ use kube::{
 };
 use support::{
     Env,
-    deploy::{StagedBinary, deploy_chart, in_cluster_values},
+    deploy::{
+        StagedBinary, apply_kustomization, deploy_chart, in_cluster_values, overlay_patches, repo_path_from,
+    },
     job, step,
 };
 
 const JOBS: usize = 300;
 const JOB_LABEL: &str = "app.kubernetes.io/managed-by=kube-executor";
 const INSTANCE_KEY: &str = "kube-executor.io/instance";
+
+const FIVE_NODES: [&str; 5] = ["node-1", "node-2", "node-3", "node-4", "node-5"];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn statefulset_of_three_runs_each_job_once_within_its_slots_and_survives_losing_a_replica() {
@@ -37,57 +42,131 @@ async fn statefulset_of_three_runs_each_job_once_within_its_slots_and_survives_l
     let shape = Shape {
         executors: 3,
         slots: 4,
+        namespace: "default",
         workload: "StatefulSet/ke-kube-executor",
-        values: "replicaCount: 3\nexecutor:\n  maximumNumJobs: 4\n",
+        deploy: Deploy::Chart {
+            values: "replicaCount: 3\nexecutor:\n  maximumNumJobs: 4\n",
+        },
     };
     let outcome = run_jobs_losing_one_executor(&env, &shape).await;
-    let instances: BTreeSet<&String> = outcome.census.max_per_instance.keys().collect();
-    let expected: Vec<String> = (0..3).map(|i| format!("ke-kube-executor-{i}")).collect();
-    assert_eq!(
-        instances,
-        expected.iter().collect(),
-        "each replica is an instance named after its pod, and the replacement kept its name"
-    );
+    outcome.assert_replicas_named_after_their_pods("ke-kube-executor", 3);
     outcome.report("statefulset", started);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn daemonset_on_five_nodes_runs_each_executors_jobs_on_its_node_and_survives_losing_one() {
     let started = Instant::now();
-    let nodes = ["node-1", "node-2", "node-3", "node-4", "node-5"];
-    let env = Env::start_with(Env::nodes(&nodes), frontend_options()).await;
+    let env = Env::start_with(Env::nodes(&FIVE_NODES), frontend_options()).await;
     let shape = Shape {
-        executors: nodes.len(),
+        executors: FIVE_NODES.len(),
         slots: 3,
+        namespace: "default",
         workload: "DaemonSet/ke-kube-executor",
-        values: "mode: daemonset\nexecutor:\n  maximumNumJobs: 3\n",
+        deploy: Deploy::Chart {
+            values: "mode: daemonset\nexecutor:\n  maximumNumJobs: 3\n",
+        },
     };
     let outcome = run_jobs_losing_one_executor(&env, &shape).await;
-    let census = &outcome.census;
-    for (instance, node) in &census.job_nodes {
-        assert_eq!(
-            census.executor_nodes.get(instance),
-            Some(node),
-            "a job pod of executor {instance} ran on {node}, not on its executor's node"
-        );
-    }
-    let nodes_with_jobs: BTreeSet<&String> = census.job_nodes.iter().map(|(_, node)| node).collect();
-    assert_eq!(
-        nodes_with_jobs.len(),
-        nodes.len(),
-        "every node's executor ran jobs"
-    );
+    outcome.assert_jobs_on_their_executors_nodes(FIVE_NODES.len());
     outcome.report("daemonset", started);
 }
 
-/// How the chart is deployed for one test.
+/// The Kustomize StatefulSet example (namespace `sourcegraph`), with only what a user fills in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kustomize_statefulset_example_runs_each_job_once_and_survives_losing_a_replica() {
+    let started = Instant::now();
+    let env = Env::start_with(Env::nodes(&["node-1", "node-2", "node-3"]), frontend_options()).await;
+    let shape = Shape {
+        executors: 3,
+        slots: 4,
+        namespace: "sourcegraph",
+        workload: "StatefulSet/executor",
+        deploy: Deploy::Kustomize {
+            example: "kustomize/examples/statefulset",
+        },
+    };
+    let outcome = run_jobs_losing_one_executor(&env, &shape).await;
+    outcome.assert_replicas_named_after_their_pods("executor", 3);
+    outcome.report("kustomize statefulset", started);
+}
+
+/// The Kustomize DaemonSet example (namespace `sourcegraph`), with only what a user fills in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kustomize_daemonset_example_runs_each_executors_jobs_on_its_node_and_survives_losing_one() {
+    let started = Instant::now();
+    let env = Env::start_with(Env::nodes(&FIVE_NODES), frontend_options()).await;
+    let shape = Shape {
+        executors: FIVE_NODES.len(),
+        slots: 3,
+        namespace: "sourcegraph",
+        workload: "DaemonSet/executor",
+        deploy: Deploy::Kustomize {
+            example: "kustomize/examples/daemonset",
+        },
+    };
+    let outcome = run_jobs_losing_one_executor(&env, &shape).await;
+    outcome.assert_jobs_on_their_executors_nodes(FIVE_NODES.len());
+    outcome.report("kustomize daemonset", started);
+}
+
+/// How the executors are deployed for one test.
 struct Shape {
     executors: usize,
     /// EXECUTOR_MAXIMUM_NUM_JOBS of each executor.
     slots: usize,
+    /// Where the executors and their Jobs run.
+    namespace: &'static str,
+    /// The executors' workload, as `Kind/name`.
     workload: &'static str,
-    /// Values on top of [`in_cluster_values`].
-    values: &'static str,
+    deploy: Deploy,
+}
+
+enum Deploy {
+    /// The chart as release `ke` in namespace default, with these values on top of
+    /// [`in_cluster_values`].
+    Chart { values: &'static str },
+    /// An example overlay of the repository, applied unchanged but for [`overlay_patches`].
+    Kustomize { example: &'static str },
+}
+
+impl Shape {
+    fn deploy(&self, env: &Env, staged: &StagedBinary) {
+        match &self.deploy {
+            Deploy::Chart { values } => deploy_chart(
+                env,
+                "ke",
+                &[&in_cluster_values(env, "127.0.0.1:0"), *values],
+                self.workload,
+                staged,
+            ),
+            Deploy::Kustomize { example } => {
+                create_namespace(env, self.namespace);
+                let dir = env.cluster.dir().join("deploy-kustomize");
+                std::fs::create_dir_all(&dir).expect("create the kustomization directory");
+                let slots = self.slots.to_string();
+                let config = [("EXECUTOR_MAXIMUM_NUM_JOBS", slots.as_str())];
+                let extra = overlay_patches(env, self.workload, &config);
+                apply_kustomization(
+                    env,
+                    &dir,
+                    &[repo_path_from(&dir, example)],
+                    self.workload,
+                    staged,
+                    &extra,
+                );
+            }
+        }
+    }
+}
+
+/// The example overlays deploy into a namespace they expect to exist, as Sourcegraph's does.
+fn create_namespace(env: &Env, namespace: &str) {
+    support::deploy::run(
+        std::process::Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(env.cluster.kubeconfig_path())
+            .args(["create", "namespace", namespace]),
+    );
 }
 
 /// The figures of one run.
@@ -127,14 +206,8 @@ fn frontend_options() -> FrontendOptions {
 /// executor's jobs were retried, no instance exceeded its slots, nothing was left behind.
 async fn run_jobs_losing_one_executor(env: &Env, shape: &Shape) -> Outcome {
     let staged = StagedBinary::new();
-    let watch = CensusWatch::start(env);
-    deploy_chart(
-        env,
-        "ke",
-        &[&in_cluster_values(env, "127.0.0.1:0"), shape.values],
-        shape.workload,
-        &staged,
-    );
+    let watch = CensusWatch::start(env, shape.namespace);
+    shape.deploy(env, &staged);
     env.frontend
         .wait_for_executors(Duration::from_secs(180), |seen| seen.len() >= shape.executors)
         .await
@@ -154,13 +227,13 @@ async fn run_jobs_losing_one_executor(env: &Env, shape: &Shape) -> Outcome {
         })
         .collect();
     wait_jobs(env, Duration::from_secs(600), |jobs| completed(jobs) >= JOBS / 5).await;
-    let (victim, interrupted) = delete_busiest_executor_pod(env).await;
+    let (victim, interrupted) = delete_busiest_executor_pod(env, shape.namespace).await;
     let jobs = wait_jobs(env, Duration::from_secs(900), |jobs| {
         jobs.iter().all(|j| j.state.is_terminal())
     })
     .await;
-    wait_owned_objects_gone(env, &victim, Duration::from_secs(120)).await;
-    env.wait_no_objects_matching(JOB_LABEL, Duration::from_secs(120))
+    wait_owned_objects_gone(env, shape.namespace, &victim, Duration::from_secs(120)).await;
+    env.wait_no_objects_in(shape.namespace, JOB_LABEL, Duration::from_secs(120))
         .await;
     let outcome = Outcome {
         census: watch.stop(),
@@ -198,6 +271,32 @@ impl Outcome {
             "none of the lost executor's jobs {:?} was retried",
             self.interrupted
         );
+    }
+
+    /// Each replica was an instance named after its pod (`<set>-0`, …), and the replacement of the
+    /// deleted one kept its name.
+    fn assert_replicas_named_after_their_pods(&self, set: &str, replicas: usize) {
+        let instances: BTreeSet<&String> = self.census.max_per_instance.keys().collect();
+        let expected: Vec<String> = (0..replicas).map(|i| format!("{set}-{i}")).collect();
+        assert_eq!(
+            instances,
+            expected.iter().collect(),
+            "each replica is an instance named after its pod, and the replacement kept its name"
+        );
+    }
+
+    /// Every job pod ran on its executor's node, and every node's executor ran jobs.
+    fn assert_jobs_on_their_executors_nodes(&self, nodes: usize) {
+        let census = &self.census;
+        for (instance, node) in &census.job_nodes {
+            assert_eq!(
+                census.executor_nodes.get(instance),
+                Some(node),
+                "a job pod of executor {instance} ran on {node}, not on its executor's node"
+            );
+        }
+        let nodes_with_jobs: BTreeSet<&String> = census.job_nodes.iter().map(|(_, node)| node).collect();
+        assert_eq!(nodes_with_jobs.len(), nodes, "every node's executor ran jobs");
     }
 
     fn assert_within_slots(&self) {
@@ -238,13 +337,13 @@ struct Victim {
 
 /// Force-deletes (grace period 0, as when a node is lost) the executor pod running the most jobs,
 /// once one runs at least two; returns it and the ids of the jobs it was running.
-async fn delete_busiest_executor_pod(env: &Env) -> (Victim, Vec<i64>) {
+async fn delete_busiest_executor_pod(env: &Env, namespace: &str) -> (Victim, Vec<i64>) {
     let jobs = wait_jobs(env, Duration::from_secs(120), |jobs| {
         busiest_executor(jobs).is_some_and(|(_, running)| running.len() >= 2)
     })
     .await;
     let (name, running) = busiest_executor(&jobs).expect("an executor running two jobs");
-    let pods: Api<Pod> = Api::namespaced(env.cluster.client(), "default");
+    let pods: Api<Pod> = Api::namespaced(env.cluster.client(), namespace);
     let pod = pods.get(&name).await.expect("the busiest executor's pod");
     let victim = Victim {
         name,
@@ -274,9 +373,10 @@ fn busiest_executor(jobs: &[JobRecord]) -> Option<(String, Vec<i64>)> {
 
 /// Waits, on a watch of the Jobs, until none owned by the deleted executor pod remains (garbage
 /// collection).
-async fn wait_owned_objects_gone(env: &Env, victim: &Victim, timeout: Duration) {
+async fn wait_owned_objects_gone(env: &Env, namespace: &str, victim: &Victim, timeout: Duration) {
     let owned_by_victim = |job: &Job| job.owner_references().iter().any(|o| o.uid == victim.uid);
-    let events = watcher(env.jobs_api(), watcher::Config::default().labels(JOB_LABEL)).default_backoff();
+    let jobs: Api<Job> = Api::namespaced(env.cluster.client(), namespace);
+    let events = watcher(jobs, watcher::Config::default().labels(JOB_LABEL)).default_backoff();
     let mut events = std::pin::pin!(events);
     let (mut owned, mut relisted, mut synced) = (BTreeSet::new(), BTreeSet::new(), false);
     let gone = async {
@@ -383,7 +483,7 @@ fn instance_of<K: Resource>(object: &K) -> Option<String> {
     object.meta().labels.as_ref()?.get(INSTANCE_KEY).cloned()
 }
 
-/// Watches of the default namespace's Jobs and pods feeding a [`Census`]; stopped by
+/// Watches of a namespace's Jobs and pods feeding a [`Census`]; stopped by
 /// [`CensusWatch::stop`] or on drop.
 struct CensusWatch {
     census: Arc<Mutex<Census>>,
@@ -391,10 +491,14 @@ struct CensusWatch {
 }
 
 impl CensusWatch {
-    fn start(env: &Env) -> Self {
+    fn start(env: &Env, namespace: &str) -> Self {
         let census = Arc::new(Mutex::new(Census::default()));
-        let jobs = watcher(env.jobs_api(), watcher::Config::default().labels(JOB_LABEL)).default_backoff();
-        let pods = watcher(env.pods_api(), watcher::Config::default()).default_backoff();
+        let (jobs, pods): (Api<Job>, Api<Pod>) = (
+            Api::namespaced(env.cluster.client(), namespace),
+            Api::namespaced(env.cluster.client(), namespace),
+        );
+        let jobs = watcher(jobs, watcher::Config::default().labels(JOB_LABEL)).default_backoff();
+        let pods = watcher(pods, watcher::Config::default()).default_backoff();
         let tasks = vec![
             tokio::spawn(feed(jobs, census.clone(), Census::on_job)),
             tokio::spawn(feed(pods, census.clone(), Census::on_pod)),

@@ -80,6 +80,47 @@ config:
     )
 }
 
+/// What a user of an example overlay fills in (the frontend's URL and password) and what the
+/// simulated nodes need (small job pods, the API server's address a real kubelet would inject, a
+/// free health port), plus `config` entries, as the tail of a kustomization for
+/// [`apply_kustomization`]'s `extra`: more `patches` and the `executor-secret` generator.
+pub fn overlay_patches(env: &Env, workload: &str, config: &[(&str, &str)]) -> String {
+    let (kind, name) = workload.split_once('/').expect("workload as Kind/name");
+    let config: String = config
+        .iter()
+        .map(|(key, value)| format!("        {key}: \"{value}\"\n"))
+        .collect();
+    format!(
+        r#"  - patch: |-
+      apiVersion: v1
+      kind: ConfigMap
+      metadata: {{name: executor-config}}
+      data:
+        EXECUTOR_FRONTEND_URL: "{frontend}"
+        EXECUTOR_HEALTH_SERVER_ADDR: "127.0.0.1:0"
+        EXECUTOR_QUEUE_POLL_INTERVAL: 200ms
+        EXECUTOR_KUBERNETES_RESOURCE_REQUEST_MEMORY: 64Mi
+        EXECUTOR_KUBERNETES_RESOURCE_LIMIT_MEMORY: 2Gi
+{config}  - target: {{kind: {kind}, name: {name}}}
+    patch: |-
+      - op: add
+        path: /spec/template/spec/containers/0/env/-
+        value: {{name: KUBERNETES_SERVICE_HOST, value: "127.0.0.1"}}
+      - op: add
+        path: /spec/template/spec/containers/0/env/-
+        value: {{name: KUBERNETES_SERVICE_PORT, value: "{api_port}"}}
+secretGenerator:
+  - name: executor-secret
+    behavior: replace
+    literals:
+      - password={password}
+"#,
+        frontend = env.frontend.url(),
+        api_port = api_server_port(env),
+        password = env.frontend.access_token().unwrap_or_default(),
+    )
+}
+
 /// Renders the chart as release `release` in namespace default with the values files (later ones
 /// win), and applies it with the executor workload's entrypoint set to the staged binary.
 pub fn deploy_chart(env: &Env, release: &str, values: &[&str], workload: &str, staged: &StagedBinary) {
@@ -97,13 +138,7 @@ pub fn deploy_chart(env: &Env, release: &str, values: &[&str], workload: &str, s
         std::fs::write(&path, text).expect("write values");
         helm.arg("-f").arg(path);
     }
-    let mut rendered = run(&mut helm);
-    if !server_has_api_version(env, "policy/v1") {
-        // The chart picks policy/v1beta1 when helm reads the cluster's API versions, but the chart's
-        // kubeVersion (>= 1.21) keeps helm from rendering against this older control plane.
-        rendered = rendered.replace("apiVersion: policy/v1\n", "apiVersion: policy/v1beta1\n");
-    }
-    std::fs::write(dir.join("chart.yaml"), rendered).expect("write the rendered chart");
+    std::fs::write(dir.join("chart.yaml"), run(&mut helm)).expect("write the rendered chart");
     apply_kustomization(env, &dir, &["chart.yaml".to_string()], workload, staged, "");
 }
 
@@ -134,11 +169,20 @@ patches:
         binary = staged.path.display(),
     );
     std::fs::write(dir.join("kustomization.yaml"), kustomization).expect("write the kustomization");
+    let mut rendered = run(Command::new("kubectl").arg("kustomize").arg(dir));
+    if !server_has_api_version(env, "policy/v1") {
+        // The chart picks policy/v1beta1 when helm reads the cluster's API versions (and so would
+        // an operator of an older cluster editing the component), but the chart's kubeVersion
+        // (>= 1.21) keeps helm from rendering against this older control plane.
+        rendered = rendered.replace("apiVersion: policy/v1\n", "apiVersion: policy/v1beta1\n");
+    }
+    let manifest = dir.join("rendered.yaml");
+    std::fs::write(&manifest, rendered).expect("write the rendered kustomization");
     run(Command::new("kubectl")
         .arg("--kubeconfig")
         .arg(env.cluster.kubeconfig_path())
-        .args(["apply", "-k"])
-        .arg(dir));
+        .args(["apply", "-f"])
+        .arg(&manifest));
 }
 
 fn server_has_api_version(env: &Env, version: &str) -> bool {

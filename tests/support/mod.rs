@@ -135,23 +135,27 @@ impl Env {
 
     /// Jobs, pods (terminating ones included) and Secrets matching a label selector.
     pub async fn objects_matching(&self, selector: &str) -> (usize, usize, usize) {
+        self.objects_matching_in("default", selector).await
+    }
+
+    /// Jobs, pods (terminating ones included) and Secrets of a namespace matching a label selector.
+    pub async fn objects_matching_in(&self, namespace: &str, selector: &str) -> (usize, usize, usize) {
         let params = ListParams::default().labels(selector);
-        let jobs = self
-            .jobs_api()
+        let client = self.cluster.client();
+        let jobs = Api::<Job>::namespaced(client.clone(), namespace)
             .list(&params)
             .await
             .expect("list jobs")
             .items
             .len();
         // Terminating pods count too: their processes may still be running.
-        let pods = self
-            .pods_api()
+        let pods = Api::<Pod>::namespaced(client.clone(), namespace)
             .list(&params)
             .await
             .expect("list pods")
             .items
             .len();
-        let secrets = Api::<Secret>::namespaced(self.cluster.client(), "default")
+        let secrets = Api::<Secret>::namespaced(client, namespace)
             .list(&params)
             .await
             .expect("list secrets")
@@ -169,10 +173,15 @@ impl Env {
 
     /// Waits until no Job, pod or Secret matches a label selector.
     pub async fn wait_no_objects_matching(&self, selector: &str, timeout: Duration) {
+        self.wait_no_objects_in("default", selector, timeout).await;
+    }
+
+    /// Waits until no Job, pod or Secret of a namespace matches a label selector.
+    pub async fn wait_no_objects_in(&self, namespace: &str, selector: &str, timeout: Duration) {
         let deadline = tokio::time::Instant::now() + timeout;
         let mut delay = Duration::from_millis(100);
         loop {
-            let found = self.objects_matching(selector).await;
+            let found = self.objects_matching_in(namespace, selector).await;
             if found == (0, 0, 0) {
                 return;
             }
