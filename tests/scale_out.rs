@@ -26,12 +26,13 @@ use support::{
     deploy::{
         StagedBinary, apply_kustomization, deploy_chart, in_cluster_values, overlay_patches, repo_path_from,
     },
-    job, step,
+    job,
+    live_jobs::{INSTANCE_LABEL, LiveJobs},
+    step,
 };
 
 const JOBS: usize = 300;
 const JOB_LABEL: &str = "app.kubernetes.io/managed-by=kube-executor";
-const INSTANCE_KEY: &str = "kube-executor.io/instance";
 
 const FIVE_NODES: [&str; 5] = ["node-1", "node-2", "node-3", "node-4", "node-5"];
 
@@ -188,7 +189,7 @@ impl Outcome {
             started.elapsed(),
             self.interrupted.len(),
             self.slots,
-            self.census.max_per_instance,
+            self.census.live.max_per_instance(),
         );
     }
 }
@@ -276,7 +277,7 @@ impl Outcome {
     /// Each replica was an instance named after its pod (`<set>-0`, …), and the replacement of the
     /// deleted one kept its name.
     fn assert_replicas_named_after_their_pods(&self, set: &str, replicas: usize) {
-        let instances: BTreeSet<&String> = self.census.max_per_instance.keys().collect();
+        let instances: BTreeSet<&String> = self.census.live.max_per_instance().keys().collect();
         let expected: Vec<String> = (0..replicas).map(|i| format!("{set}-{i}")).collect();
         assert_eq!(
             instances,
@@ -300,7 +301,7 @@ impl Outcome {
     }
 
     fn assert_within_slots(&self) {
-        for (instance, most) in &self.census.max_per_instance {
+        for (instance, most) in self.census.live.max_per_instance() {
             assert!(
                 *most <= self.slots,
                 "instance {instance} had {most} live Jobs, more than its {} slots",
@@ -415,12 +416,8 @@ async fn wait_owned_objects_gone(env: &Env, namespace: &str, victim: &Victim, ti
 /// What watches of the namespace's Jobs and pods saw.
 #[derive(Default)]
 struct Census {
-    /// Live (not deleting) Job name -> its instance label.
-    live: BTreeMap<String, String>,
-    /// The relisted Jobs while a watch restarts.
-    relisted: Option<BTreeMap<String, String>>,
-    /// Most live Jobs seen at once per instance.
-    max_per_instance: BTreeMap<String, usize>,
+    /// Live (not deleting) Jobs per instance, and the most at once.
+    live: LiveJobs,
     /// (instance, node) of every job pod bound to a node.
     job_nodes: BTreeSet<(String, String)>,
     /// Executor pod name (= its instance) -> its node.
@@ -429,39 +426,7 @@ struct Census {
 
 impl Census {
     fn on_job(&mut self, event: watcher::Event<Job>) {
-        match event {
-            watcher::Event::Apply(job) => {
-                let name = job.name_any();
-                match instance_of(&job) {
-                    Some(instance) if job.meta().deletion_timestamp.is_none() => {
-                        self.live.insert(name, instance);
-                    }
-                    _ => {
-                        self.live.remove(&name);
-                    }
-                }
-            }
-            watcher::Event::Delete(job) => {
-                self.live.remove(&job.name_any());
-            }
-            watcher::Event::Init => self.relisted = Some(BTreeMap::new()),
-            watcher::Event::InitApply(job) => {
-                if let (Some(relisted), Some(instance)) = (self.relisted.as_mut(), instance_of(&job))
-                    && job.meta().deletion_timestamp.is_none()
-                {
-                    relisted.insert(job.name_any(), instance);
-                }
-            }
-            watcher::Event::InitDone => self.live = self.relisted.take().unwrap_or_default(),
-        }
-        let mut counts: BTreeMap<&String, usize> = BTreeMap::new();
-        for instance in self.live.values() {
-            *counts.entry(instance).or_default() += 1;
-        }
-        for (instance, count) in counts {
-            let most = self.max_per_instance.entry(instance.clone()).or_default();
-            *most = (*most).max(count);
-        }
+        self.live.apply(&event);
     }
 
     fn on_pod(&mut self, event: watcher::Event<Pod>) {
@@ -480,7 +445,7 @@ impl Census {
 }
 
 fn instance_of<K: Resource>(object: &K) -> Option<String> {
-    object.meta().labels.as_ref()?.get(INSTANCE_KEY).cloned()
+    object.meta().labels.as_ref()?.get(INSTANCE_LABEL).cloned()
 }
 
 /// Watches of a namespace's Jobs and pods feeding a [`Census`]; stopped by

@@ -2,7 +2,7 @@
 //! pod was first seen `Succeeded`, and how many Jobs were alive at once, per executor instance.
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::BTreeMap,
     sync::{Arc, Mutex},
 };
 
@@ -15,17 +15,17 @@ use kube::{
 };
 use tokio::sync::watch;
 
+use crate::support::live_jobs::LiveJobs;
+
 /// Label every job object carries, the executor's and the floor client's alike.
 pub const JOB_ID_LABEL: &str = "kube-executor.io/job-id";
-const INSTANCE_LABEL: &str = "kube-executor.io/instance";
 
 #[derive(Default)]
 struct Seen {
     job_created: BTreeMap<i64, Timestamp>,
     pod_succeeded: BTreeMap<i64, Timestamp>,
-    /// Live Job names per instance, and the most seen at once.
-    live: BTreeMap<String, BTreeSet<String>>,
-    max_live: BTreeMap<String, usize>,
+    /// Live (not deleting) Jobs per instance, and the most seen at once.
+    live: LiveJobs,
 }
 
 /// Watches Jobs and pods with a job-id label on tasks of its own until dropped.
@@ -98,11 +98,7 @@ impl Observer {
 
     /// The most Jobs alive at once per instance since the last reset, and resets the count.
     pub fn take_max_live(&self) -> BTreeMap<String, usize> {
-        let mut seen = self.lock();
-        let max = std::mem::take(&mut seen.max_live);
-        let current: Vec<(String, usize)> = seen.live.iter().map(|(k, v)| (k.clone(), v.len())).collect();
-        seen.max_live.extend(current);
-        max
+        self.lock().live.take_max_per_instance()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Seen> {
@@ -124,27 +120,12 @@ fn job_id(labels: &BTreeMap<String, String>) -> Option<i64> {
 
 fn on_job_event(seen: &Mutex<Seen>, event: watcher::Event<Job>) {
     let mut seen = seen.lock().expect("observer state");
-    match event {
-        watcher::Event::Apply(job) | watcher::Event::InitApply(job) => {
-            let now = Timestamp::now();
-            if let Some(id) = job_id(job.labels()) {
-                seen.job_created.entry(id).or_insert(now);
-            }
-            let instance = job.labels().get(INSTANCE_LABEL).cloned().unwrap_or_default();
-            let live = seen.live.entry(instance.clone()).or_default();
-            live.insert(job.name_any());
-            let count = live.len();
-            let max = seen.max_live.entry(instance).or_default();
-            *max = (*max).max(count);
-        }
-        watcher::Event::Delete(job) => {
-            let instance = job.labels().get(INSTANCE_LABEL).cloned().unwrap_or_default();
-            if let Some(live) = seen.live.get_mut(&instance) {
-                live.remove(&job.name_any());
-            }
-        }
-        watcher::Event::Init | watcher::Event::InitDone => {}
+    if let watcher::Event::Apply(job) | watcher::Event::InitApply(job) = &event
+        && let Some(id) = job_id(job.labels())
+    {
+        seen.job_created.entry(id).or_insert_with(Timestamp::now);
     }
+    seen.live.apply(&event);
 }
 
 fn on_pod(seen: &Mutex<Seen>, pod: &Pod) {

@@ -17,7 +17,7 @@ use kube::{
 };
 use tokio_util::sync::CancellationToken;
 
-use crate::support::{INSTANCE, http_status};
+use crate::support::{INSTANCE, http_status, live_jobs::LiveJobs};
 
 /// A watch on the executor's Jobs, kept by the suite.
 pub struct ClusterMonitor {
@@ -25,17 +25,23 @@ pub struct ClusterMonitor {
     stop: CancellationToken,
 }
 
-#[derive(Default)]
 struct JobsSeen {
     /// Job name → UID of every Job ever seen (the name carries the queue job id).
     uids_by_name: BTreeMap<String, BTreeSet<String>>,
-    /// UIDs of Jobs neither finished nor being deleted, as last seen.
-    active: BTreeSet<String>,
-    max_active: usize,
+    /// Jobs neither finished nor being deleted, as last seen.
+    active: LiveJobs,
     /// When each new Job UID was first seen.
     created: Vec<Instant>,
-    /// UIDs listed so far by a re-list in progress.
-    relisted: Option<BTreeSet<String>>,
+}
+
+impl Default for JobsSeen {
+    fn default() -> Self {
+        JobsSeen {
+            uids_by_name: BTreeMap::new(),
+            active: LiveJobs::new(|job| !job_finished(job) && LiveJobs::not_deleting(job)),
+            created: Vec::new(),
+        }
+    }
 }
 
 impl ClusterMonitor {
@@ -67,7 +73,7 @@ impl ClusterMonitor {
 
     /// The most Jobs seen unfinished at once.
     pub fn max_active(&self) -> usize {
-        lock(&self.state).max_active
+        lock(&self.state).active.max_total()
     }
 
     /// How many distinct Jobs were created for the Kubernetes Job name `name`.
@@ -94,46 +100,13 @@ impl Drop for ClusterMonitor {
 
 impl JobsSeen {
     fn apply(&mut self, event: watcher::Event<Job>) {
-        match event {
-            // A re-list: what it holds replaces the active set at its end.
-            watcher::Event::Init => self.relisted = Some(BTreeSet::new()),
-            watcher::Event::InitApply(job) => {
-                self.observe(&job);
-                if let (Some(listed), Some(uid)) = (self.relisted.as_mut(), job.metadata.uid.clone()) {
-                    listed.insert(uid);
-                }
-            }
-            watcher::Event::InitDone => {
-                if let Some(listed) = self.relisted.take() {
-                    self.active.retain(|uid| listed.contains(uid));
-                }
-                self.max_active = self.max_active.max(self.active.len());
-            }
-            watcher::Event::Apply(job) => {
-                self.observe(&job);
-                self.max_active = self.max_active.max(self.active.len());
-            }
-            watcher::Event::Delete(job) => {
-                if let Some(uid) = &job.metadata.uid {
-                    self.active.remove(uid);
-                }
-            }
-        }
-    }
-
-    fn observe(&mut self, job: &Job) {
-        let (Some(name), Some(uid)) = (job.metadata.name.clone(), job.metadata.uid.clone()) else {
-            return;
-        };
-        if self.uids_by_name.entry(name).or_default().insert(uid.clone()) {
+        if let watcher::Event::Apply(job) | watcher::Event::InitApply(job) = &event
+            && let (Some(name), Some(uid)) = (job.metadata.name.clone(), job.metadata.uid.clone())
+            && self.uids_by_name.entry(name).or_default().insert(uid)
+        {
             self.created.push(Instant::now());
         }
-        let finished = job_finished(job);
-        if finished || job.metadata.deletion_timestamp.is_some() {
-            self.active.remove(&uid);
-        } else {
-            self.active.insert(uid);
-        }
+        self.active.apply(&event);
     }
 }
 

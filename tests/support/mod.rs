@@ -19,6 +19,7 @@ use kube::{Api, api::ListParams};
 use test_cluster::{ClusterOptions, NodeSpec, TestCluster};
 
 pub mod deploy;
+pub mod live_jobs;
 
 /// The executor instance ID every test executor uses (its objects carry it as a label).
 pub const INSTANCE: &str = "e2e-executor";
