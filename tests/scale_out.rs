@@ -27,7 +27,7 @@ use support::{
         StagedBinary, apply_kustomization, deploy_chart, in_cluster_values, overlay_patches, repo_path_from,
     },
     job,
-    live_jobs::{INSTANCE_LABEL, LiveJobs},
+    live_jobs::{LiveJobs, instance_of},
     step,
 };
 
@@ -442,10 +442,6 @@ impl Census {
             self.executor_nodes.insert(pod.name_any(), node);
         }
     }
-}
-
-fn instance_of<K: Resource>(object: &K) -> Option<String> {
-    object.meta().labels.as_ref()?.get(INSTANCE_LABEL).cloned()
 }
 
 /// Watches of a namespace's Jobs and pods feeding a [`Census`]; stopped by

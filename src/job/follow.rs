@@ -125,6 +125,14 @@ struct LogReading<'f, F> {
     problem: Option<UnreadableLog>,
 }
 
+impl<F> LogReading<'_, F> {
+    /// Records that `follow` finished, and what it said of the log.
+    fn end(&mut self, result: Result<(), UnreadableLog>) {
+        self.ended = true;
+        self.problem = result.err();
+    }
+}
+
 impl ContainerFollower {
     /// Streams the container's log into its entry and closes the entry with the exit code.
     /// Returns what made the log unreadable, if anything did.
@@ -201,10 +209,7 @@ impl ContainerFollower {
             tokio::select! {
                 biased;
                 opened = &mut open => return opened,
-                result = &mut reading.follow, if !reading.ended && room => {
-                    reading.ended = true;
-                    reading.problem = result.err();
-                }
+                result = &mut reading.follow, if !reading.ended && room => reading.end(result),
             }
         }
     }
@@ -245,10 +250,7 @@ impl ContainerFollower {
                     }
                 }
                 _ = tokio::time::sleep(wait) => writer.flush_if_due().await,
-                result = &mut reading.follow, if !reading.ended => {
-                    reading.ended = true;
-                    reading.problem = result.err();
-                }
+                result = &mut reading.follow, if !reading.ended => reading.end(result),
             }
         }
         let problem = reading.problem.take();

@@ -9,6 +9,11 @@ use kube::{Resource, runtime::watcher};
 /// The label naming the executor instance a Job belongs to.
 pub const INSTANCE_LABEL: &str = "kube-executor.io/instance";
 
+/// The executor instance an object (a Job or a job pod) belongs to, from its label.
+pub fn instance_of<K: Resource>(object: &K) -> Option<String> {
+    object.meta().labels.as_ref()?.get(INSTANCE_LABEL).cloned()
+}
+
 /// Live Jobs as a watch's events show them; a re-list replaces the ones it does not list, so a
 /// Job deleted while the watch was down stops counting.
 pub struct LiveJobs {
@@ -94,11 +99,7 @@ impl LiveJobs {
         if !(self.alive)(job) {
             return None;
         }
-        let meta = job.meta();
-        Some((
-            meta.uid.clone()?,
-            meta.labels.as_ref()?.get(INSTANCE_LABEL)?.clone(),
-        ))
+        Some((job.meta().uid.clone()?, instance_of(job)?))
     }
 
     fn count(&mut self) {
