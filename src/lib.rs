@@ -115,66 +115,14 @@ pub async fn kube_client(config: &Config, metrics: &Metrics) -> Result<kube::Cli
         .with_layer(&k8s::request_metrics::RequestMetricsLayer {
             metrics: metrics.clone(),
         })
-        .with_layer(&client_rate_limit(
-            config.kubernetes.client_qps,
-            config.kubernetes.client_burst,
-        ))
+        .with_layer(
+            &k8s::rate_limit::ClientRateLimitLayer::new(
+                config.kubernetes.client_qps,
+                config.kubernetes.client_burst,
+            )
+            .with_metrics(metrics.clone()),
+        )
         .build())
-}
-
-/// At most `client_burst` requests per `client_burst / client_qps` seconds: the configured average,
-/// with bursts up to the burst size. Requests over it wait; none is refused.
-fn client_rate_limit(qps: u32, burst: u32) -> tower::limit::RateLimitLayer {
-    let window = std::time::Duration::from_secs_f64(f64::from(burst) / f64::from(qps.max(1)));
-    tower::limit::RateLimitLayer::new(u64::from(burst.max(1)), window)
-}
-
-#[cfg(test)]
-mod tests {
-    use std::time::Duration;
-
-    use k8s_openapi::api::core::v1::Pod;
-    use tokio::time::Instant;
-
-    use super::*;
-
-    #[tokio::test(start_paused = true)]
-    async fn requests_past_the_burst_wait_for_the_configured_rate() {
-        // 2 a second with bursts of 4: four at once, then the next four a window (2 s) later.
-        let (client, mut server) = k8s::testing::client_through(&client_rate_limit(2, 4));
-        let started = Instant::now();
-        let api: kube::Api<Pod> = kube::Api::namespaced(client, "ns");
-        let requests: Vec<_> = (0..8)
-            .map(|i| {
-                let api = api.clone();
-                tokio::spawn(async move { api.get_opt(&format!("pod-{i}")).await })
-            })
-            .collect();
-        let mut arrivals = Vec::new();
-        for _ in 0..8 {
-            let call = server.next().await;
-            arrivals.push(started.elapsed());
-            call.answer(
-                404,
-                serde_json::json!({"kind": "Status", "code": 404, "reason": "NotFound"}),
-            );
-        }
-        for request in requests {
-            let pod = request
-                .await
-                .expect("the request task")
-                .expect("a 404 is no error");
-            assert!(pod.is_none());
-        }
-        assert!(
-            arrivals[..4].iter().all(|at| *at < Duration::from_millis(10)),
-            "{arrivals:?}"
-        );
-        assert!(
-            arrivals[4..].iter().all(|at| *at >= Duration::from_secs(2)),
-            "the fifth request waited for the next window: {arrivals:?}"
-        );
-    }
 }
 
 /// How long the background tasks (watches, heartbeats, health server) get to stop at exit.

@@ -8,8 +8,8 @@
 use std::{sync::Arc, time::Duration};
 
 use prometheus::{
-    Encoder as _, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
-    Opts, Registry, TextEncoder,
+    Counter, Encoder as _, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::{events::Event, nfr};
@@ -139,6 +139,7 @@ struct Families {
     log_bytes: IntCounter,
     log_lines: IntCounter,
     kubernetes_requests: IntCounterVec,
+    rate_limited: Counter,
     watch_restarts: IntCounterVec,
     events: IntCounterVec,
     build_info: IntGaugeVec,
@@ -277,6 +278,12 @@ impl Metrics {
         Self::new("test", "test").expect("the metric definitions are valid")
     }
 
+    /// Seconds the Kubernetes client held requests back, for a unit test.
+    #[cfg(test)]
+    pub fn rate_limited_seconds(&self) -> f64 {
+        self.inner.rate_limited.get()
+    }
+
     /// A job handler started.
     pub fn handler_started(&self) {
         self.handlers().inc();
@@ -344,6 +351,11 @@ impl Metrics {
             .kubernetes_requests
             .with_label_values(&[verb, resource, code])
             .inc();
+    }
+
+    /// The Kubernetes client held its next request back for `held` to keep to its rate limit.
+    pub fn record_rate_limited(&self, held: Duration) {
+        self.inner.rate_limited.inc_by(held.as_secs_f64());
     }
 
     /// A watch of `resource` failed and was started again.
@@ -448,6 +460,12 @@ impl Families {
                 "Kubernetes API requests by verb, resource and HTTP status.",
                 &["verb", "resource", "code"],
             )?,
+            rate_limited: float_counter(
+                &registry,
+                "kube_executor_kubernetes_rate_limited_seconds_total",
+                "Seconds the Kubernetes client held requests back for its client-side rate limit \
+                 (EXECUTOR_KUBERNETES_CLIENT_QPS and _BURST); requests queue behind the one held.",
+            )?,
             watch_restarts: counter(
                 &registry,
                 "kube_executor_watch_restarts_total",
@@ -500,6 +518,12 @@ fn counter(
 
 fn plain_counter(registry: &Registry, name: &str, help: &str) -> prometheus::Result<IntCounter> {
     let metric = IntCounter::new(name, help)?;
+    registry.register(Box::new(metric.clone()))?;
+    Ok(metric)
+}
+
+fn float_counter(registry: &Registry, name: &str, help: &str) -> prometheus::Result<Counter> {
+    let metric = Counter::new(name, help)?;
     registry.register(Box::new(metric.clone()))?;
     Ok(metric)
 }

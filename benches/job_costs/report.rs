@@ -490,6 +490,14 @@ fn paper_estimate(md: &mut String, results: &Results) {
         16.7 * objects,
         16.7 * streams
     );
+    let per_second = 16.7 * (objects + streams);
+    let qps = default_client_qps();
+    let _ = writeln!(
+        md,
+        "- client-side limit: {per_second:.0} requests a second in all, so at least {} executors at the default EXECUTOR_KUBERNETES_CLIENT_QPS of {qps} (one per node asks {:.1} a second each);",
+        (per_second / qps).ceil(),
+        per_second / 200.0
+    );
     let _ = writeln!(
         md,
         "- watches: 2 per executor (Jobs and Pods, label-filtered), e.g. 400 with one executor per node — each receives only its own jobs' events;"
@@ -499,6 +507,15 @@ fn paper_estimate(md: &mut String, results: &Results) {
         "- executor memory: {per_job_kib:.0} KiB per followed job measured, so about {:.0} MB per executor at 50 jobs per node.",
         mb(results.idle_rss_kib) + 50.0 * per_job_kib * 1024.0 / 1e6
     );
+}
+
+/// The executor's EXECUTOR_KUBERNETES_CLIENT_QPS when unset, from the configuration contract.
+fn default_client_qps() -> f64 {
+    kube_executor::config::VARIABLES
+        .iter()
+        .find(|v| v.name == "EXECUTOR_KUBERNETES_CLIENT_QPS")
+        .and_then(|v| v.default.parse().ok())
+        .unwrap_or(f64::NAN)
 }
 
 /// Three panels by concurrency: requests per job, executor memory per job, overhead p99.

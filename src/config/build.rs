@@ -128,10 +128,10 @@ fn kubernetes(env: &Env, p: &mut Parser<'_>) -> KubernetesConfig {
         owner_pod,
         client_qps: p
             .int_as(env.var("EXECUTOR_KUBERNETES_CLIENT_QPS"), 1, U32_MAX)
-            .unwrap_or(50),
+            .unwrap_or(100),
         client_burst: p
             .int_as(env.var("EXECUTOR_KUBERNETES_CLIENT_BURST"), 1, U32_MAX)
-            .unwrap_or(100),
+            .unwrap_or(200),
         config_path: p.string(env.var("EXECUTOR_KUBERNETES_CONFIG_PATH")),
         namespace: namespace.clone(),
         namespace_source,

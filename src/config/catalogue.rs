@@ -154,13 +154,13 @@ pub const VARIABLES: &[Variable] = &[
     ),
     var(
         "EXECUTOR_KUBERNETES_CLIENT_QPS",
-        "50",
-        "Kubernetes API requests per second this executor sends on average (a client-side limit that protects a shared API server; at least 1).",
+        "100",
+        "Kubernetes API requests per second this executor sends on average (a client-side token bucket that protects a shared API server; at least 1).",
     ),
     var(
         "EXECUTOR_KUBERNETES_CLIENT_BURST",
-        "100",
-        "Kubernetes API requests this executor may send at once before EXECUTOR_KUBERNETES_CLIENT_QPS applies (at least 1).",
+        "200",
+        "Kubernetes API requests this executor may send at once, the token bucket's size, before EXECUTOR_KUBERNETES_CLIENT_QPS applies (at least 1).",
     ),
     var(
         "EXECUTOR_KUBERNETES_NAMESPACE",

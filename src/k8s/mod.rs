@@ -8,6 +8,7 @@ pub mod logs;
 pub mod objects;
 pub mod pod_events;
 pub mod preflight;
+pub mod rate_limit;
 pub mod request_metrics;
 pub mod script;
 pub mod strays;

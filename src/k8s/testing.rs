@@ -28,7 +28,7 @@ pub fn client() -> (kube::Client, ApiServer) {
 }
 
 /// [`client`] with `layer` (the client's rate limit) in front of the server.
-pub fn client_through(layer: &tower::limit::RateLimitLayer) -> (kube::Client, ApiServer) {
+pub fn client_through(layer: &super::rate_limit::ClientRateLimitLayer) -> (kube::Client, ApiServer) {
     let (service, handle) = tower_test::mock::pair();
     let limited = tower::Layer::layer(layer, service);
     (kube::Client::new(limited, "default"), ApiServer { handle })

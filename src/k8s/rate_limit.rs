@@ -1,0 +1,206 @@
+//! The Kubernetes client's request rate limit: a token bucket of `EXECUTOR_KUBERNETES_CLIENT_BURST`
+//! requests refilled at `EXECUTOR_KUBERNETES_CLIENT_QPS`, as client-go's limiter is.
+//!
+//! A fixed window (N requests per N/QPS seconds) would let a burst use up the window and then hold
+//! every request, a Job delete as much as a create, until the window ends: seconds of stall at
+//! twice the average rate. Here a request over the rate waits only for its own token.
+
+use std::{
+    future::Future,
+    num::NonZeroU32,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll, ready},
+    time::Duration,
+};
+
+use governor::{
+    Quota, RateLimiter,
+    clock::Clock,
+    middleware::NoOpMiddleware,
+    state::{InMemoryState, NotKeyed},
+};
+use tokio::time::{Instant, Sleep};
+use tower::{Layer, Service};
+
+use crate::metrics::Metrics;
+
+/// Tokio's clock, so the limiter follows a paused test clock as the executor's timers do.
+#[derive(Debug, Clone)]
+struct TokioClock {
+    origin: Instant,
+}
+
+impl Clock for TokioClock {
+    type Instant = Duration;
+
+    fn now(&self) -> Duration {
+        self.origin.elapsed()
+    }
+}
+
+type Bucket = RateLimiter<NotKeyed, InMemoryState, TokioClock, NoOpMiddleware<Duration>>;
+
+/// Puts [`ClientRateLimit`] in front of the client's HTTP service.
+#[derive(Clone)]
+pub struct ClientRateLimitLayer {
+    bucket: Arc<Bucket>,
+    metrics: Option<Metrics>,
+}
+
+impl ClientRateLimitLayer {
+    /// `qps` requests a second on average, `burst` at once; zeros count as one.
+    pub fn new(qps: u32, burst: u32) -> Self {
+        let quota = Quota::per_second(NonZeroU32::new(qps).unwrap_or(NonZeroU32::MIN))
+            .allow_burst(NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN));
+        let clock = TokioClock {
+            origin: Instant::now(),
+        };
+        Self {
+            bucket: Arc::new(RateLimiter::direct_with_clock(quota, clock)),
+            metrics: None,
+        }
+    }
+
+    /// Adds the time requests are held back to `kube_executor_kubernetes_rate_limited_seconds_total`.
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+}
+
+impl<S> Layer<S> for ClientRateLimitLayer {
+    type Service = ClientRateLimit<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        ClientRateLimit {
+            inner,
+            bucket: self.bucket.clone(),
+            metrics: self.metrics.clone(),
+            waiting: None,
+            holds_token: false,
+        }
+    }
+}
+
+/// Ready once the next request has its token. The client's requests queue in front of one
+/// instance of it (the client's buffer), so they get their tokens in the order they were sent.
+pub struct ClientRateLimit<S> {
+    inner: S,
+    bucket: Arc<Bucket>,
+    metrics: Option<Metrics>,
+    /// The wait for the next token, and when it began.
+    waiting: Option<(Pin<Box<Sleep>>, Instant)>,
+    /// A token was taken for the request that `call` sends next.
+    holds_token: bool,
+}
+
+impl<S, Request> Service<Request> for ClientRateLimit<S>
+where
+    S: Service<Request>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        while !self.holds_token {
+            if let Some((sleep, _)) = &mut self.waiting {
+                ready!(sleep.as_mut().poll(cx));
+            }
+            match self.bucket.check() {
+                Ok(()) => {
+                    if let (Some((_, since)), Some(metrics)) = (self.waiting.take(), &self.metrics) {
+                        metrics.record_rate_limited(since.elapsed());
+                    }
+                    self.holds_token = true;
+                }
+                Err(not_until) => {
+                    let wait = not_until.wait_time_from(self.bucket.clock().now());
+                    let since = self.waiting.take().map_or_else(Instant::now, |(_, since)| since);
+                    self.waiting = Some((Box::pin(tokio::time::sleep(wait)), since));
+                }
+            }
+        }
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        self.holds_token = false;
+        self.inner.call(request)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::api::core::v1::Pod;
+
+    use super::*;
+    use crate::k8s::testing;
+
+    /// Sends `count` GETs at once through a client limited by `layer`; returns when each reached
+    /// the server, measured from the start.
+    async fn arrivals(layer: &ClientRateLimitLayer, count: usize) -> Vec<Duration> {
+        let (client, mut server) = testing::client_through(layer);
+        let started = Instant::now();
+        let api: kube::Api<Pod> = kube::Api::namespaced(client, "ns");
+        let requests: Vec<_> = (0..count)
+            .map(|i| {
+                let api = api.clone();
+                tokio::spawn(async move { api.get_opt(&format!("pod-{i}")).await })
+            })
+            .collect();
+        let mut arrivals = Vec::new();
+        for _ in 0..count {
+            let call = server.next().await;
+            arrivals.push(started.elapsed());
+            call.answer(
+                404,
+                serde_json::json!({"kind": "Status", "code": 404, "reason": "NotFound"}),
+            );
+        }
+        for request in requests {
+            let pod = request
+                .await
+                .expect("the request task")
+                .expect("a 404 is no error");
+            assert!(pod.is_none());
+        }
+        arrivals
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn past_the_burst_each_request_waits_for_its_own_token() {
+        // 2 a second with bursts of 4: four at once, then one every half second.
+        let arrivals = arrivals(&ClientRateLimitLayer::new(2, 4), 8).await;
+        let ms: Vec<u128> = arrivals.iter().map(Duration::as_millis).collect();
+        assert!(ms[..4].iter().all(|at| *at < 10), "{ms:?}");
+        for (n, at) in ms[4..].iter().enumerate() {
+            let due = 500 * (n as u128 + 1);
+            assert!(
+                (due..due + 10).contains(at),
+                "request {} came at {at} ms, its token at {due} ms: {ms:?}",
+                n + 5
+            );
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_client_gets_its_burst_back() {
+        let layer = ClientRateLimitLayer::new(2, 4);
+        arrivals(&layer, 4).await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let again = arrivals(&layer, 4).await;
+        assert!(again.iter().all(|at| at.as_millis() < 10), "{again:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_time_held_back_is_counted() {
+        let metrics = Metrics::for_tests();
+        let layer = ClientRateLimitLayer::new(2, 1).with_metrics(metrics.clone());
+        arrivals(&layer, 3).await;
+        // Held back for the second request's token half a second, then for the third's as long.
+        let held = metrics.rate_limited_seconds();
+        assert!((0.99..1.05).contains(&held), "{held}");
+    }
+}
