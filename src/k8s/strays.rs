@@ -32,11 +32,6 @@ use crate::{events::Event, metrics::Metrics};
 /// pods of a Job deleted in the foreground or background within moments, so only a pod nobody
 /// else will remove is left to the executor (and its delete call is never spent on every job).
 pub const STRAY_GRACE: Duration = Duration::from_secs(20);
-/// The grace of a stray whose containers have all ended. It holds no node resources, only its
-/// object, and a busy garbage collector can take longer than [`STRAY_GRACE`] to reach the pods of
-/// Jobs deleted moments ago (seen with 400 jobs at concurrency 200 on 2 cores): deleting them
-/// itself would spend a read and a delete on each.
-pub const FINISHED_STRAY_GRACE: Duration = Duration::from_secs(300);
 
 /// How often the view is looked over; the look costs no API call.
 const CHECK_EVERY: Duration = Duration::from_secs(5);
@@ -58,37 +53,26 @@ pub struct StrayWatch {
 
 impl StrayWatch {
     /// The pods among `pods` that no Job in `jobs` controls, that are not already being deleted,
-    /// and that have been so since at least their grace before `now`: [`STRAY_GRACE`], or
-    /// [`FINISHED_STRAY_GRACE`] for a pod that has ended.
+    /// and that have been so since at least [`STRAY_GRACE`] before `now`.
     pub fn due(&mut self, pods: &[Arc<Pod>], jobs: &[Arc<Job>], now: Instant) -> Vec<StrayPod> {
         let live: HashSet<&str> = jobs
             .iter()
             .filter_map(|job| job.metadata.uid.as_deref())
             .collect();
-        let strays: Vec<(StrayPod, Duration)> = pods
+        let strays: Vec<StrayPod> = pods
             .iter()
             .filter(|pod| pod.metadata.deletion_timestamp.is_none())
-            .filter_map(|pod| Some((uncontrolled(pod, &live)?, grace_of(pod))))
+            .filter_map(|pod| uncontrolled(pod, &live))
             .collect();
-        let current: HashSet<&str> = strays.iter().map(|(s, _)| s.uid.as_str()).collect();
+        let current: HashSet<&str> = strays.iter().map(|s| s.uid.as_str()).collect();
         self.first_seen.retain(|uid, _| current.contains(uid.as_str()));
         strays
             .into_iter()
-            .filter(|(stray, grace)| {
+            .filter(|stray| {
                 let since = *self.first_seen.entry(stray.uid.clone()).or_insert(now);
-                now.duration_since(since) >= *grace
+                now.duration_since(since) >= STRAY_GRACE
             })
-            .map(|(stray, _)| stray)
             .collect()
-    }
-}
-
-fn grace_of(pod: &Pod) -> Duration {
-    let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
-    if matches!(phase, Some("Succeeded" | "Failed")) {
-        FINISHED_STRAY_GRACE
-    } else {
-        STRAY_GRACE
     }
 }
 
@@ -246,22 +230,6 @@ mod tests {
                 controller: Some(("sg-executor-job-batches-1".into(), "j1".into())),
             }]
         );
-    }
-
-    #[test]
-    fn an_ended_pod_is_left_longer_to_the_garbage_collector() {
-        let mut watch = StrayWatch::default();
-        let t0 = Instant::now();
-        let mut ended = pod("p1", Some("j1"));
-        ended.status = Some(k8s_openapi::api::core::v1::PodStatus {
-            phase: Some("Succeeded".into()),
-            ..Default::default()
-        });
-        let pods = [Arc::new(ended), Arc::new(pod("p2", Some("j1")))];
-        assert!(watch.due(&pods, &[], t0).is_empty());
-        assert_eq!(names(&watch.due(&pods, &[], t0 + STRAY_GRACE)), ["pod-p2"]);
-        let late = watch.due(&pods, &[], t0 + FINISHED_STRAY_GRACE);
-        assert_eq!(names(&late), ["pod-p1", "pod-p2"]);
     }
 
     #[test]
