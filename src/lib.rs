@@ -115,13 +115,11 @@ pub async fn kube_client(config: &Config, metrics: &Metrics) -> Result<kube::Cli
         .with_layer(&k8s::request_metrics::RequestMetricsLayer {
             metrics: metrics.clone(),
         })
-        .with_layer(
-            &k8s::rate_limit::ClientRateLimitLayer::new(
-                config.kubernetes.client_qps,
-                config.kubernetes.client_burst,
-            )
-            .with_metrics(metrics.clone()),
-        )
+        .with_layer(&k8s::rate_limit::ClientRateLimitLayer::new(
+            config.kubernetes.client_qps,
+            config.kubernetes.client_burst,
+            metrics.clone(),
+        ))
         .build())
 }
 

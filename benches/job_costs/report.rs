@@ -491,7 +491,9 @@ fn paper_estimate(md: &mut String, results: &Results) {
         16.7 * streams
     );
     let per_second = 16.7 * (objects + streams);
-    let qps = default_client_qps();
+    let qps: f64 = kube_executor::config::default_of("EXECUTOR_KUBERNETES_CLIENT_QPS")
+        .and_then(|qps| qps.parse().ok())
+        .unwrap_or(f64::NAN);
     let _ = writeln!(
         md,
         "- client-side limit: {per_second:.0} requests a second in all, so at least {} executors at the default EXECUTOR_KUBERNETES_CLIENT_QPS of {qps} (one per node asks {:.1} a second each);",
@@ -507,15 +509,6 @@ fn paper_estimate(md: &mut String, results: &Results) {
         "- executor memory: {per_job_kib:.0} KiB per followed job measured, so about {:.0} MB per executor at 50 jobs per node.",
         mb(results.idle_rss_kib) + 50.0 * per_job_kib * 1024.0 / 1e6
     );
-}
-
-/// The executor's EXECUTOR_KUBERNETES_CLIENT_QPS when unset, from the configuration contract.
-fn default_client_qps() -> f64 {
-    kube_executor::config::VARIABLES
-        .iter()
-        .find(|v| v.name == "EXECUTOR_KUBERNETES_CLIENT_QPS")
-        .and_then(|v| v.default.parse().ok())
-        .unwrap_or(f64::NAN)
 }
 
 /// Three panels by concurrency: requests per job, executor memory per job, overhead p99.

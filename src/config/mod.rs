@@ -21,6 +21,7 @@ use k8s_openapi::{
 
 pub(crate) use catalogue::IGNORED_VARIABLES;
 pub use catalogue::{VARIABLES, Variable};
+pub use parser::default_of;
 use parser::{Env, Parser};
 
 use crate::queue::types::Secret;

@@ -28,7 +28,7 @@ fn catalogue() -> impl Iterator<Item = &'static Variable> {
 
 /// The catalogue default of `name`. A default like `$HOSTNAME` stands for another variable's value,
 /// which the builder applies itself.
-fn default_of(name: &str) -> Option<&'static str> {
+pub fn default_of(name: &str) -> Option<&'static str> {
     VARIABLES
         .iter()
         .find(|variable| variable.name == name)

@@ -45,12 +45,13 @@ type Bucket = RateLimiter<NotKeyed, InMemoryState, TokioClock, NoOpMiddleware<Du
 #[derive(Clone)]
 pub struct ClientRateLimitLayer {
     bucket: Arc<Bucket>,
-    metrics: Option<Metrics>,
+    metrics: Metrics,
 }
 
 impl ClientRateLimitLayer {
-    /// `qps` requests a second on average, `burst` at once; zeros count as one.
-    pub fn new(qps: u32, burst: u32) -> Self {
+    /// `qps` requests a second on average, `burst` at once (zeros count as one); the time requests
+    /// are held back goes to `kube_executor_kubernetes_rate_limited_seconds_total`.
+    pub fn new(qps: u32, burst: u32, metrics: Metrics) -> Self {
         let quota = Quota::per_second(NonZeroU32::new(qps).unwrap_or(NonZeroU32::MIN))
             .allow_burst(NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN));
         let clock = TokioClock {
@@ -58,14 +59,8 @@ impl ClientRateLimitLayer {
         };
         Self {
             bucket: Arc::new(RateLimiter::direct_with_clock(quota, clock)),
-            metrics: None,
+            metrics,
         }
-    }
-
-    /// Adds the time requests are held back to `kube_executor_kubernetes_rate_limited_seconds_total`.
-    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
-        self.metrics = Some(metrics);
-        self
     }
 }
 
@@ -88,7 +83,7 @@ impl<S> Layer<S> for ClientRateLimitLayer {
 pub struct ClientRateLimit<S> {
     inner: S,
     bucket: Arc<Bucket>,
-    metrics: Option<Metrics>,
+    metrics: Metrics,
     /// The wait for the next token, and when it began.
     waiting: Option<(Pin<Box<Sleep>>, Instant)>,
     /// A token was taken for the request that `call` sends next.
@@ -110,8 +105,8 @@ where
             }
             match self.bucket.check() {
                 Ok(()) => {
-                    if let (Some((_, since)), Some(metrics)) = (self.waiting.take(), &self.metrics) {
-                        metrics.record_rate_limited(since.elapsed());
+                    if let Some((_, since)) = self.waiting.take() {
+                        self.metrics.record_rate_limited(since.elapsed());
                     }
                     self.holds_token = true;
                 }
@@ -172,7 +167,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn past_the_burst_each_request_waits_for_its_own_token() {
         // 2 a second with bursts of 4: four at once, then one every half second.
-        let arrivals = arrivals(&ClientRateLimitLayer::new(2, 4), 8).await;
+        let arrivals = arrivals(&ClientRateLimitLayer::new(2, 4, Metrics::for_tests()), 8).await;
         let ms: Vec<u128> = arrivals.iter().map(Duration::as_millis).collect();
         assert!(ms[..4].iter().all(|at| *at < 10), "{ms:?}");
         for (n, at) in ms[4..].iter().enumerate() {
@@ -187,7 +182,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn an_idle_client_gets_its_burst_back() {
-        let layer = ClientRateLimitLayer::new(2, 4);
+        let layer = ClientRateLimitLayer::new(2, 4, Metrics::for_tests());
         arrivals(&layer, 4).await;
         tokio::time::sleep(Duration::from_secs(2)).await;
         let again = arrivals(&layer, 4).await;
@@ -197,7 +192,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn the_time_held_back_is_counted() {
         let metrics = Metrics::for_tests();
-        let layer = ClientRateLimitLayer::new(2, 1).with_metrics(metrics.clone());
+        let layer = ClientRateLimitLayer::new(2, 1, metrics.clone());
         arrivals(&layer, 3).await;
         // Held back for the second request's token half a second, then for the third's as long.
         let held = metrics.rate_limited_seconds();
