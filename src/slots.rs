@@ -38,6 +38,10 @@ impl SlotState {
             .map_or(0, |c| c.iter().filter(|n| !self.held.contains(*n)).count());
         self.anonymous + self.held.len() + cluster_only
     }
+
+    fn running(&self) -> usize {
+        self.used() - self.anonymous
+    }
 }
 
 /// One taken slot; dropping it gives the slot back.
@@ -62,9 +66,18 @@ impl Slots {
         self.max
     }
 
-    /// Slots in use (held by this process or by unfinished Jobs found in the cluster).
-    pub fn used(&self) -> usize {
+    /// Slots in use (held by this process, reserved for a dequeue or taken by unfinished Jobs
+    /// found in the cluster): what [`Slots::acquire`] counts.
+    #[cfg(test)]
+    fn used(&self) -> usize {
         self.lock().used()
+    }
+
+    /// Slots taken by jobs, leaving out those reserved for a dequeue still in flight: what the
+    /// status page and `src_executor_processor_handlers` report, since an idle executor is always
+    /// mid-dequeue and would otherwise read as busy.
+    pub fn running(&self) -> usize {
+        self.lock().running()
     }
 
     /// Waits for a free slot. Returns only after the Job watch has synced, so Jobs of a previous
@@ -174,6 +187,18 @@ mod tests {
         assert_eq!(slots.used(), 2, "our Job still exists in the cluster");
         slots.set_cluster_jobs(HashSet::from(["old-1".to_string()]));
         assert_eq!(slots.used(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slot_reserved_for_a_dequeue_is_used_but_not_running() {
+        let slots = Slots::new(1);
+        slots.set_cluster_jobs(HashSet::new());
+        let mut permit = slots.acquire().await;
+        assert_eq!((slots.used(), slots.running()), (1, 0));
+        permit.assign("job-1");
+        assert_eq!((slots.used(), slots.running()), (1, 1));
+        drop(permit);
+        assert_eq!((slots.used(), slots.running()), (0, 0));
     }
 
     #[tokio::test(start_paused = true)]

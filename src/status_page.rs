@@ -103,7 +103,7 @@ fn cards(input: &PageInput<'_>, nfr: &nfr::Snapshot) -> String {
          <div class=\"big\" id=\"ulimits-percent\">{percent}</div>\
          <div class=\"muted\">{compliant} of {measured} measured; at least {nofile} open files, {nproc} processes</div></div>\
          </div>",
-        used = slots.used(),
+        used = slots.running(),
         max = slots.max(),
         restarts = nfr.pod_restarts.total,
         recent = nfr.pod_restarts.recent,

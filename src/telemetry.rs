@@ -48,7 +48,7 @@ impl SystemInfo {
     /// The Prometheus text sent in heartbeats and served on /metrics.
     pub fn metrics_text(&self, deps: &Deps) -> String {
         let nfr = deps.nfr.snapshot(jiff::Timestamp::now());
-        deps.metrics.render(self.slots.max(), self.slots.used(), &nfr)
+        deps.metrics.render(self.slots.max(), self.slots.running(), &nfr)
     }
 }
 
