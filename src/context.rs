@@ -10,7 +10,7 @@ use crate::{
     config::Config,
     history::History,
     job::registry::Registry,
-    k8s::{objects::Objects, watch::ClusterView},
+    k8s::{objects::Objects, strays::HandedOver, watch::ClusterView},
     metrics::Metrics,
     nfr::Nfr,
     queue::client::QueueClient,
@@ -24,6 +24,8 @@ pub struct Deps {
     pub objects: Objects,
     pub pods: Api<Pod>,
     pub view: ClusterView,
+    /// The pods of the Jobs this executor deleted, left to the garbage collector for longer.
+    pub handed_over: HandedOver,
     pub metrics: Metrics,
     pub nfr: Nfr,
     pub registry: Registry,

@@ -55,7 +55,7 @@ use crate::{
     events::Event,
     history::History,
     job::registry::Registry,
-    k8s::{labels, objects::Objects, watch::ClusterView},
+    k8s::{labels, objects::Objects, strays::HandedOver, watch::ClusterView},
     metrics::Metrics,
     nfr::Nfr,
     queue::client::{ClientOptions, QueueClient},
@@ -225,6 +225,7 @@ impl Executor {
             config,
             queue,
             view,
+            handed_over: HandedOver::default(),
             metrics,
             nfr,
             registry: Registry::default(),
@@ -254,6 +255,7 @@ impl Executor {
         self.sweep_leftovers().await?;
         background.tasks.spawn(k8s::strays::remove_stray_pods(
             self.deps.view.clone(),
+            self.deps.handed_over.clone(),
             self.deps.pods.clone(),
             kube::Api::namespaced(self.client.clone(), &self.deps.config.kubernetes.namespace),
             self.deps.metrics.clone(),

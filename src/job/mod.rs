@@ -28,8 +28,9 @@ use crate::{
     history::FinishedJob,
     k8s::{
         failure::{Cause, Failure, FailureKind},
-        job_spec::{self, JobContext, WorkspaceFile},
+        job_spec::{self, JobContext, JobObjects, WorkspaceFile},
         labels,
+        objects::Created,
     },
     metrics::CommandOp,
     queue::{QueueError, RunKey, client::JobHandle, types::Job},
@@ -219,11 +220,20 @@ impl JobRun {
             Err(error) => return Outcome::setup_failed(FailureKind::Permanent, error.to_string()),
         };
         let created_at = Instant::now();
-        let created = self.deps.objects.create(&objects).await;
+        match self.create_objects(&objects, dequeued_at).await {
+            Ok(created) => self.supervise_and_tear_down(&objects, created, created_at).await,
+            Err(outcome) => outcome,
+        }
+    }
+
+    /// Creates the job's objects, counting the time from the dequeue.
+    async fn create_objects(&self, objects: &JobObjects, dequeued_at: Instant) -> Result<Created, Outcome> {
+        let started = Instant::now();
+        let created = self.deps.objects.create(objects).await;
         self.deps
             .metrics
-            .observe_command(CommandOp::JobCreate, created_at.elapsed(), created.is_ok());
-        let created = match created {
+            .observe_command(CommandOp::JobCreate, started.elapsed(), created.is_ok());
+        match created {
             Ok(created) => {
                 self.deps
                     .metrics
@@ -234,7 +244,7 @@ impl JobRun {
                     replaced_leftovers = created.replaced_leftovers,
                     "Kubernetes Job created"
                 );
-                created
+                Ok(created)
             }
             Err(error) => {
                 let kind = if error.is_permanent() {
@@ -242,19 +252,38 @@ impl JobRun {
                 } else {
                     FailureKind::Infrastructure
                 };
-                return Outcome::setup_failed(kind, error.to_string());
+                Err(Outcome::setup_failed(kind, error.to_string()))
             }
-        };
+        }
+    }
+
+    /// Follows the created Job to its end, reads its logs, deletes its objects and judges it.
+    async fn supervise_and_tear_down(
+        &self,
+        objects: &JobObjects,
+        created: Created,
+        created_at: Instant,
+    ) -> Outcome {
+        let job_ref = created.job.clone();
         let mut supervisor = supervise::Supervisor::new(self, &objects.steps, created.job, created_at);
         let outcome = supervisor.watch_to_end().await;
         let pod_finished = matches!(outcome, Outcome::Succeeded | Outcome::Failed { .. });
         supervisor.wait_logs_read(pod_finished).await;
         // A Job deleted by someone else may have gone with --cascade=orphan, which strips the
-        // owner reference from its Secrets and PVC: those are then deleted by name.
-        let owned = created.owned && !outcome.job_or_pod_deleted();
+        // owner reference from its Secrets and PVC (and its pods): those are then ours to delete.
+        let deleted_by_us = !outcome.job_or_pod_deleted();
+        let owned = created.owned && deleted_by_us;
+        // Taken before the delete: a pod that shows up later (recreated from a stale cache) is
+        // not the collector's for sure, so it keeps the short stray grace.
+        let pods = self.deps.view.pods_of(&job_ref);
         // Every log has been read, so the Job can go while the final entry updates are sent.
         let (deletion, unreadable) =
-            tokio::join!(self.delete_objects(&objects, owned), supervisor.followers_done());
+            tokio::join!(self.delete_objects(objects, owned), supervisor.followers_done());
+        if deleted_by_us && deletion.as_ref().is_some_and(report::Deletion::succeeded) {
+            self.deps
+                .handed_over
+                .hand_over(&pods, tokio::time::Instant::now());
+        }
         self.record_teardown(deletion).await;
         supervisor.judge_output(outcome, unreadable)
     }

@@ -23,6 +23,13 @@ pub(super) struct Deletion {
     result: Result<Vec<String>, Vec<String>>,
 }
 
+impl Deletion {
+    /// Whether every delete went through, the Job's included.
+    pub(super) fn succeeded(&self) -> bool {
+        self.result.is_ok()
+    }
+}
+
 impl JobRun {
     /// Deletes the job's objects, unless KUBERNETES_KEEP_JOBS; `None` when they are kept.
     pub(super) async fn delete_objects(&self, objects: &JobObjects, owned: bool) -> Option<Deletion> {

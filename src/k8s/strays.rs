@@ -6,10 +6,15 @@
 //! and recreates a pod for a Job that no longer exists. Such a pod holds a node's resources, and
 //! nobody reports it. Every job pod carries this instance's labels, and this instance's Jobs are all
 //! in the shared view, so a pod whose controlling Job is not among them is a stray.
+//!
+//! The pods of a Job this executor deleted itself are the garbage collector's: they get a longer
+//! grace ([`HANDED_OVER_GRACE`]), because a busy collector can take more than [`STRAY_GRACE`] and
+//! deleting them here would cost two calls per job for nothing. A pod created after that delete
+//! (by a controller-manager with a stale cache) has a new UID and keeps the short grace.
 
 use std::{
     collections::{HashMap, HashSet},
-    sync::Arc,
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
@@ -33,6 +38,9 @@ use crate::{events::Event, metrics::Metrics};
 /// else will remove is left to the executor (and its delete call is never spent on every job).
 pub const STRAY_GRACE: Duration = Duration::from_secs(20);
 
+/// How long the pods of a Job this executor deleted are left to the garbage collector.
+pub const HANDED_OVER_GRACE: Duration = Duration::from_secs(300);
+
 /// How often the view is looked over; the look costs no API call.
 const CHECK_EVERY: Duration = Duration::from_secs(5);
 
@@ -45,15 +53,59 @@ pub struct StrayPod {
     pub controller: Option<(String, String)>,
 }
 
+/// The pods whose Job this executor deleted, by UID, with when: shared by the job tasks that
+/// delete and the stray sweeper that waits longer for them.
+#[derive(Debug, Clone, Default)]
+pub struct HandedOver {
+    pods: Arc<Mutex<HashMap<String, Instant>>>,
+}
+
+impl HandedOver {
+    /// Records that the collector is to remove `pods`, whose Job was just deleted.
+    pub fn hand_over(&self, pods: &[Arc<Pod>], now: Instant) {
+        let mut handed = self.lock();
+        for uid in pods.iter().filter_map(|pod| pod.metadata.uid.clone()) {
+            handed.insert(uid, now);
+        }
+    }
+
+    /// How long the stray `uid` is given before it is removed here; forgets hand-overs older
+    /// than [`HANDED_OVER_GRACE`], which keeps the record as small as a few minutes of jobs.
+    fn grace_for(&self, uid: &str, now: Instant) -> Duration {
+        let mut handed = self.lock();
+        handed.retain(|_, at| now.duration_since(*at) < HANDED_OVER_GRACE);
+        if handed.contains_key(uid) {
+            HANDED_OVER_GRACE
+        } else {
+            STRAY_GRACE
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Instant>> {
+        // NB: no code panics while holding the lock, so a poisoned map is still consistent.
+        self.pods.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
 /// Which uncontrolled pods have been so for how long.
 #[derive(Debug, Default)]
 pub struct StrayWatch {
     first_seen: HashMap<String, Instant>,
+    handed_over: HandedOver,
 }
 
 impl StrayWatch {
+    /// A watch that gives the pods in `handed_over` to the collector for longer.
+    pub fn new(handed_over: HandedOver) -> Self {
+        Self {
+            first_seen: HashMap::new(),
+            handed_over,
+        }
+    }
+
     /// The pods among `pods` that no Job in `jobs` controls, that are not already being deleted,
-    /// and that have been so since at least [`STRAY_GRACE`] before `now`.
+    /// and that have been so for their grace ([`STRAY_GRACE`], or [`HANDED_OVER_GRACE`] for a
+    /// pod handed over) before `now`.
     pub fn due(&mut self, pods: &[Arc<Pod>], jobs: &[Arc<Job>], now: Instant) -> Vec<StrayPod> {
         let live: HashSet<&str> = jobs
             .iter()
@@ -70,7 +122,7 @@ impl StrayWatch {
             .into_iter()
             .filter(|stray| {
                 let since = *self.first_seen.entry(stray.uid.clone()).or_insert(now);
-                now.duration_since(since) >= STRAY_GRACE
+                now.duration_since(since) >= self.handed_over.grace_for(&stray.uid, now)
             })
             .collect()
     }
@@ -94,12 +146,13 @@ fn uncontrolled(pod: &Pod, live: &HashSet<&str>) -> Option<StrayPod> {
 /// [`STRAY_GRACE`], until `stop`.
 pub async fn remove_stray_pods(
     view: ClusterView,
+    handed_over: HandedOver,
     pods: Api<Pod>,
     jobs: Api<Job>,
     metrics: Metrics,
     stop: CancellationToken,
 ) {
-    let mut watch = StrayWatch::default();
+    let mut watch = StrayWatch::new(handed_over);
     let mut pace = tokio::time::interval(CHECK_EVERY);
     pace.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
@@ -252,6 +305,33 @@ mod tests {
         let pods = [Arc::new(deleting)];
         watch.due(&pods, &[], t0);
         assert!(watch.due(&pods, &[], t0 + STRAY_GRACE).is_empty());
+    }
+
+    #[test]
+    fn a_pod_handed_to_the_collector_is_due_only_after_the_longer_grace() {
+        let handed_over = HandedOver::default();
+        let mut watch = StrayWatch::new(handed_over.clone());
+        let t0 = Instant::now();
+        let handed = Arc::new(pod("p1", Some("j1")));
+        handed_over.hand_over(std::slice::from_ref(&handed), t0);
+        // Recreated after the delete, from a stale cache: a new UID, the short grace.
+        let pods = [handed, Arc::new(pod("p2", Some("j1")))];
+        watch.due(&pods, &[], t0);
+        assert_eq!(names(&watch.due(&pods, &[], t0 + STRAY_GRACE)), ["pod-p2"]);
+        assert_eq!(
+            names(&watch.due(&pods, &[], t0 + HANDED_OVER_GRACE)),
+            ["pod-p1", "pod-p2"]
+        );
+    }
+
+    #[test]
+    fn a_hand_over_is_forgotten_after_the_longer_grace() {
+        let handed_over = HandedOver::default();
+        let t0 = Instant::now();
+        handed_over.hand_over(&[Arc::new(pod("p1", Some("j1")))], t0);
+        assert_eq!(handed_over.grace_for("p1", t0), HANDED_OVER_GRACE);
+        assert_eq!(handed_over.grace_for("p1", t0 + HANDED_OVER_GRACE), STRAY_GRACE);
+        assert!(handed_over.lock().is_empty());
     }
 
     #[test]

@@ -114,21 +114,26 @@ impl ClusterView {
         self.jobs.state()
     }
 
-    /// The newest pod of the Job `created`. Pods are matched by their controller's UID, not by
-    /// the `job-name` label: a terminating pod of an earlier Job of the same name (a re-dequeued
-    /// job) must not be taken for this run's pod.
-    pub fn pod_of(&self, created: &CreatedJob) -> Option<Arc<Pod>> {
+    /// Every pod the Job `created` controls, as last seen.
+    pub fn pods_of(&self, created: &CreatedJob) -> Vec<Arc<Pod>> {
         self.pods
             .state()
             .into_iter()
             .filter(|p| controlled_by(p, &created.uid))
-            .max_by(|a, b| {
-                a.meta()
-                    .creation_timestamp
-                    .as_ref()
-                    .map(|t| t.0)
-                    .cmp(&b.meta().creation_timestamp.as_ref().map(|t| t.0))
-            })
+            .collect()
+    }
+
+    /// The newest pod of the Job `created`. Pods are matched by their controller's UID, not by
+    /// the `job-name` label: a terminating pod of an earlier Job of the same name (a re-dequeued
+    /// job) must not be taken for this run's pod.
+    pub fn pod_of(&self, created: &CreatedJob) -> Option<Arc<Pod>> {
+        self.pods_of(created).into_iter().max_by(|a, b| {
+            a.meta()
+                .creation_timestamp
+                .as_ref()
+                .map(|t| t.0)
+                .cmp(&b.meta().creation_timestamp.as_ref().map(|t| t.0))
+        })
     }
 }
 
