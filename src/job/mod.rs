@@ -220,15 +220,19 @@ impl JobRun {
             Err(error) => return Outcome::setup_failed(FailureKind::Permanent, error.to_string()),
         };
         let created_at = Instant::now();
-        match self.create_objects(&objects, dequeued_at).await {
+        match self.create_objects(&objects, dequeued_at, created_at).await {
             Ok(created) => self.supervise_and_tear_down(&objects, created, created_at).await,
             Err(outcome) => outcome,
         }
     }
 
-    /// Creates the job's objects, counting the time from the dequeue.
-    async fn create_objects(&self, objects: &JobObjects, dequeued_at: Instant) -> Result<Created, Outcome> {
-        let started = Instant::now();
+    /// Creates the job's objects, begun at `started`, counting the time from the dequeue.
+    async fn create_objects(
+        &self,
+        objects: &JobObjects,
+        dequeued_at: Instant,
+        started: Instant,
+    ) -> Result<Created, Outcome> {
         let created = self.deps.objects.create(objects).await;
         self.deps
             .metrics

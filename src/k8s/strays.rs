@@ -69,12 +69,17 @@ impl HandedOver {
         }
     }
 
-    /// How long the stray `uid` is given before it is removed here; forgets hand-overs older
-    /// than [`HANDED_OVER_GRACE`], which keeps the record as small as a few minutes of jobs.
+    /// Forgets hand-overs older than [`HANDED_OVER_GRACE`], which keeps the record as small as
+    /// a few minutes of jobs.
+    fn forget_expired(&self, now: Instant) {
+        self.lock()
+            .retain(|_, at| now.duration_since(*at) < HANDED_OVER_GRACE);
+    }
+
+    /// How long the stray `uid` is given before it is removed here.
     fn grace_for(&self, uid: &str, now: Instant) -> Duration {
-        let mut handed = self.lock();
-        handed.retain(|_, at| now.duration_since(*at) < HANDED_OVER_GRACE);
-        if handed.contains_key(uid) {
+        let handed = self.lock().get(uid).copied();
+        if handed.is_some_and(|at| now.duration_since(at) < HANDED_OVER_GRACE) {
             HANDED_OVER_GRACE
         } else {
             STRAY_GRACE
@@ -118,6 +123,7 @@ impl StrayWatch {
             .collect();
         let current: HashSet<&str> = strays.iter().map(|s| s.uid.as_str()).collect();
         self.first_seen.retain(|uid, _| current.contains(uid.as_str()));
+        self.handed_over.forget_expired(now);
         strays
             .into_iter()
             .filter(|stray| {
@@ -142,8 +148,8 @@ fn uncontrolled(pod: &Pod, live: &HashSet<&str>) -> Option<StrayPod> {
     })
 }
 
-/// Looks over the view every few seconds and deletes the pods that stayed strays for
-/// [`STRAY_GRACE`], until `stop`.
+/// Looks over the view every few seconds and deletes the pods that stayed strays for their
+/// grace ([`STRAY_GRACE`], or [`HANDED_OVER_GRACE`] for a pod handed over), until `stop`.
 pub async fn remove_stray_pods(
     view: ClusterView,
     handed_over: HandedOver,
@@ -331,6 +337,8 @@ mod tests {
         handed_over.hand_over(&[Arc::new(pod("p1", Some("j1")))], t0);
         assert_eq!(handed_over.grace_for("p1", t0), HANDED_OVER_GRACE);
         assert_eq!(handed_over.grace_for("p1", t0 + HANDED_OVER_GRACE), STRAY_GRACE);
+        // A look at the view after the grace drops the record.
+        StrayWatch::new(handed_over.clone()).due(&[], &[], t0 + HANDED_OVER_GRACE);
         assert!(handed_over.lock().is_empty());
     }
 
