@@ -10,7 +10,7 @@ use crate::{
     config::Config,
     history::History,
     job::registry::Registry,
-    k8s::{objects::Objects, strays::HandedOver, watch::ClusterView},
+    k8s::{objects::Objects, rate_limit::Headroom, strays::HandedOver, watch::ClusterView},
     metrics::Metrics,
     nfr::Nfr,
     queue::client::QueueClient,
@@ -26,6 +26,8 @@ pub struct Deps {
     pub view: ClusterView,
     /// The pods of the Jobs this executor deleted, left to the garbage collector for longer.
     pub handed_over: HandedOver,
+    /// The Kubernetes client's free rate-limit tokens: a job is dequeued only when it can start.
+    pub kube_headroom: Headroom,
     pub metrics: Metrics,
     pub nfr: Nfr,
     pub registry: Registry,

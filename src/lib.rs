@@ -87,11 +87,14 @@ pub enum RunError {
 }
 
 /// Builds the Kubernetes client: EXECUTOR_KUBERNETES_CONFIG_PATH, else `$KUBECONFIG` /
-/// `~/.kube/config`, else the in-cluster ServiceAccount.
+/// `~/.kube/config`, else the in-cluster ServiceAccount. Returns it with its rate limit's headroom.
 ///
 /// # Errors
 /// When no configuration can be loaded.
-pub async fn kube_client(config: &Config, metrics: &Metrics) -> Result<kube::Client, RunError> {
+pub async fn kube_client(
+    config: &Config,
+    metrics: &Metrics,
+) -> Result<(kube::Client, k8s::rate_limit::Headroom), RunError> {
     let kube_config = match &config.kubernetes.config_path {
         Some(path) => {
             let kubeconfig = kube::config::Kubeconfig::read_from(path)
@@ -111,16 +114,18 @@ pub async fn kube_client(config: &Config, metrics: &Metrics) -> Result<kube::Cli
     }
     let builder = kube::client::ClientBuilder::try_from(kube_config)
         .map_err(|e| RunError::KubeConfig(e.to_string()))?;
-    Ok(builder
+    let rate_limit = k8s::rate_limit::ClientRateLimitLayer::new(
+        config.kubernetes.client_qps,
+        config.kubernetes.client_burst,
+        metrics.clone(),
+    );
+    let client = builder
         .with_layer(&k8s::request_metrics::RequestMetricsLayer {
             metrics: metrics.clone(),
         })
-        .with_layer(&k8s::rate_limit::ClientRateLimitLayer::new(
-            config.kubernetes.client_qps,
-            config.kubernetes.client_burst,
-            metrics.clone(),
-        ))
-        .build())
+        .with_layer(&rate_limit)
+        .build();
+    Ok((client, rate_limit.headroom()))
 }
 
 /// How long the background tasks (watches, heartbeats, health server) get to stop at exit.
@@ -194,7 +199,7 @@ impl Executor {
         let queue_label = runner::queue_label(&config.queues);
         let metrics = Metrics::new(&queue_label, &config.reported_version)
             .map_err(|e| RunError::Metrics(e.to_string()))?;
-        let client = kube_client(&config, &metrics).await?;
+        let (client, kube_headroom) = kube_client(&config, &metrics).await?;
         let queue = QueueClient::new(ClientOptions {
             frontend_url: config.frontend_url.clone(),
             password: config.frontend_password.clone(),
@@ -226,6 +231,7 @@ impl Executor {
             queue,
             view,
             handed_over: HandedOver::default(),
+            kube_headroom,
             metrics,
             nfr,
             registry: Registry::default(),

@@ -140,6 +140,7 @@ struct Families {
     log_lines: IntCounter,
     kubernetes_requests: IntCounterVec,
     rate_limited: Counter,
+    dequeue_paced: Counter,
     watch_restarts: IntCounterVec,
     events: IntCounterVec,
     build_info: IntGaugeVec,
@@ -358,6 +359,11 @@ impl Metrics {
         self.inner.rate_limited.inc_by(held.as_secs_f64());
     }
 
+    /// The dequeue loop waited `held` for the Kubernetes client's rate limit to have room for a job.
+    pub fn record_dequeue_paced(&self, held: Duration) {
+        self.inner.dequeue_paced.inc_by(held.as_secs_f64());
+    }
+
     /// A watch of `resource` failed and was started again.
     pub fn record_watch_restart(&self, resource: &str) {
         self.inner.watch_restarts.with_label_values(&[resource]).inc();
@@ -465,6 +471,13 @@ impl Families {
                 "kube_executor_kubernetes_rate_limited_seconds_total",
                 "Seconds the Kubernetes client held requests back for its client-side rate limit \
                  (EXECUTOR_KUBERNETES_CLIENT_QPS and _BURST); requests queue behind the one held.",
+            )?,
+            dequeue_paced: float_counter(
+                &registry,
+                "kube_executor_dequeue_paced_seconds_total",
+                "Seconds the dequeue loop waited, with a free slot, until half the Kubernetes client's \
+                 rate-limit burst was free again, so running jobs' log streams and deletes are not \
+                 queued behind new jobs' creates.",
             )?,
             watch_restarts: counter(
                 &registry,

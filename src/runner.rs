@@ -29,7 +29,7 @@ use crate::{
             Telemetry,
         },
     },
-    slots::Slots,
+    slots::{SlotPermit, Slots},
     telemetry::SystemInfo,
 };
 
@@ -309,9 +309,8 @@ pub async fn dequeue_loop(deps: Deps, slots: std::sync::Arc<Slots>, jobs: TaskTr
             info!("EXECUTOR_MAX_ACTIVE_TIME reached; no more dequeues");
             break;
         }
-        let permit = tokio::select! {
-            _ = shutdown.drain.cancelled() => break,
-            permit = slots.acquire() => permit,
+        let Some(permit) = room_for_a_job(&deps, &slots, &shutdown).await else {
+            break;
         };
         let result = tokio::select! {
             _ = shutdown.drain.cancelled() => break,
@@ -362,6 +361,29 @@ pub async fn dequeue_loop(deps: Deps, slots: std::sync::Arc<Slots>, jobs: TaskTr
             }
         }
     }
+}
+
+/// Waits for a free slot, then for the Kubernetes client to have room for a new job's creates;
+/// `None` once draining.
+async fn room_for_a_job(
+    deps: &Deps,
+    slots: &std::sync::Arc<Slots>,
+    shutdown: &Shutdown,
+) -> Option<SlotPermit> {
+    let permit = tokio::select! {
+        _ = shutdown.drain.cancelled() => return None,
+        permit = slots.acquire() => permit,
+    };
+    // A job dequeued while the client's requests queue for tokens would wait there, and its
+    // creates would hold the running jobs' log streams and deletes back; left in the queue, it can
+    // go to another replica meanwhile.
+    let paced = Instant::now();
+    tokio::select! {
+        _ = shutdown.drain.cancelled() => return None,
+        () = deps.kube_headroom.wait_for_new_job_room() => {}
+    }
+    deps.metrics.record_dequeue_paced(paced.elapsed());
+    Some(permit)
 }
 
 /// Marks failed a dequeued job whose payload cannot be read: it is ours on the frontend now.

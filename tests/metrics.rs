@@ -241,3 +241,36 @@ async fn an_unschedulable_job_is_counted_by_its_reason() {
         1.0
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tight_client_limit_paces_the_dequeues_and_every_job_completes() {
+    let env = Env::start().await;
+    let ids: Vec<i64> = (0..3)
+        .map(|n| {
+            env.frontend
+                .enqueue(job(vec![step("paced", &[&format!("echo paced-{n}")])]))
+        })
+        .collect();
+    // A bucket of two: a job is dequeued only while one token is free, and the start-up requests
+    // (access reviews, lists, watches) have just used the bucket up.
+    let executor = env.spawn_executor(&[
+        ("EXECUTOR_KUBERNETES_CLIENT_QPS", "20"),
+        ("EXECUTOR_KUBERNETES_CLIENT_BURST", "2"),
+        ("EXECUTOR_MAXIMUM_NUM_JOBS", "3"),
+    ]);
+    for id in ids {
+        let record = env.wait_terminal(id, TIMEOUT).await;
+        assert_eq!(record.state, JobState::Completed, "{record:#?}");
+    }
+    env.wait_no_objects(Duration::from_secs(30)).await;
+    let text = scrape(&executor).await;
+    assert_go_parses("/metrics text", &text).await;
+    let m = Exposition::parse(&text);
+    m.assert_type("kube_executor_dequeue_paced_seconds_total", "counter");
+    let paced = m.value("kube_executor_dequeue_paced_seconds_total");
+    assert!(
+        paced > 0.0,
+        "the dequeue loop never waited for the client's limit: {paced}"
+    );
+    assert!(m.value("kube_executor_kubernetes_rate_limited_seconds_total") > 0.0);
+}

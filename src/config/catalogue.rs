@@ -160,7 +160,7 @@ pub const VARIABLES: &[Variable] = &[
     var(
         "EXECUTOR_KUBERNETES_CLIENT_BURST",
         "200",
-        "Kubernetes API requests this executor may send at once, the token bucket's size, before EXECUTOR_KUBERNETES_CLIENT_QPS applies (at least 1).",
+        "Kubernetes API requests this executor may send at once, the token bucket's size, before EXECUTOR_KUBERNETES_CLIENT_QPS applies (at least 1). A job is dequeued only while at least half the bucket is free, so the running jobs' log streams and deletes never queue behind new jobs' creates.",
     ),
     var(
         "EXECUTOR_KUBERNETES_NAMESPACE",
