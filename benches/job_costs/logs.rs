@@ -46,7 +46,7 @@ pub async fn latency(env: &Env) -> LogLatency {
         })
         .await
         .expect("the latency job ends");
-    drop(executor);
+    executor.kill_and_wait().await;
     let floor = floor.await.expect("the floor follower");
     let executor_ms: Vec<f64> = seen.into_inner().expect("seen lines").into_values().collect();
     let floor_ms: Vec<f64> = floor
@@ -74,7 +74,7 @@ pub async fn throughput(env: &Env) -> LogThroughput {
     let floor = floor.await.expect("the floor follower");
     let record = env.wait_terminal(id, TIMEOUT).await;
     let cpu = procs::cpu_seconds(pid) - cpu_before;
-    drop(executor);
+    executor.kill_and_wait().await;
     let entry = record
         .log_entries
         .iter()

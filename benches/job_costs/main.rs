@@ -2,7 +2,8 @@
 //!
 //! Run with `scripts/bench.sh` (a release build; `--quick` for a shorter run). It starts its own
 //! control plane with 20 simulated nodes, the dev frontend and executors, and measures:
-//! - the floor: a minimal client (`floor.rs`) running trivial jobs at concurrency 10;
+//! - the floor: a minimal client (`floor.rs`) running trivial jobs at concurrency 10, and both it
+//!   and one executor running 100 jobs one at a time (nothing else loading the machine);
 //! - the executor at concurrency 10, 50 and 200 (one replica) and 50 (three replicas): overhead
 //!   from dequeue to Job created and from pod `Succeeded` seen to `markComplete`, Kubernetes
 //!   requests per job counted from the API server's audit log, throughput, executor and
@@ -83,8 +84,15 @@ async fn main() {
     let observer = Arc::new(observe::Observer::start(env.cluster.client()));
 
     let mut results = report::Results::new(quick, NODES);
-    results.floor = Some(round::floor(&env, &observer, plan.floor_jobs).await);
+    results.floor = Some(round::floor(&env, &observer, plan.floor_jobs, 10).await);
     results.idle_rss_kib = round::idle_rss(&env).await;
+    // One job at a time: what a job's own calls cost when no other job loads the 2 CPUs.
+    results
+        .unloaded
+        .push(round::floor(&env, &observer, OVERHEAD_SAMPLES, 1).await);
+    results
+        .unloaded
+        .push(round::executors(&env, &observer, 1, 1).await);
     for (concurrency, replicas) in &plan.levels {
         let level = round::executors(&env, &observer, *concurrency, *replicas).await;
         eprintln!("round done: {} at concurrency {concurrency}", level.label);

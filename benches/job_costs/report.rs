@@ -41,13 +41,23 @@ impl Spread {
 pub struct Overheads {
     pub dequeue_to_created: Spread,
     pub succeeded_to_marked: Spread,
+    /// Where Succeeded → markComplete went, stage by stage, as the frontend saw each call arrive.
+    pub stages: Vec<(&'static str, Spread)>,
 }
 
 impl Overheads {
-    pub fn from_samples(to_created: Vec<f64>, to_marked: Vec<f64>) -> Overheads {
+    pub fn from_samples(
+        to_created: Vec<f64>,
+        to_marked: Vec<f64>,
+        stages: Vec<(&'static str, Vec<f64>)>,
+    ) -> Overheads {
         Overheads {
             dequeue_to_created: Spread::of(&to_created),
             succeeded_to_marked: Spread::of(&to_marked),
+            stages: stages
+                .into_iter()
+                .map(|(name, samples)| (name, Spread::of(&samples)))
+                .collect(),
         }
     }
 }
@@ -116,6 +126,8 @@ pub struct Results {
     pub quick: bool,
     pub nodes: usize,
     pub floor: Option<Round>,
+    /// The floor's and the executor's rounds of one job at a time.
+    pub unloaded: Vec<Round>,
     pub idle_rss_kib: u64,
     pub levels: Vec<Round>,
     pub log_latency: Option<LogLatency>,
@@ -129,6 +141,7 @@ impl Results {
             quick,
             nodes,
             floor: None,
+            unloaded: Vec::new(),
             idle_rss_kib: 0,
             levels: Vec::new(),
             log_latency: None,
@@ -192,13 +205,28 @@ fn overhead_verdicts(results: &Results, out: &mut Vec<Verdict>) {
                 f.p99
             ),
         );
-        check(
+    }
+    unloaded_verdict(results, out);
+}
+
+/// The absolute Succeeded → markComplete target, where no other job loads the machine: at
+/// concurrency 10 the control plane and ten jobs' containers share the 2 CPUs, and the floor's own
+/// p99 is several times 50 ms.
+fn unloaded_verdict(results: &Results, out: &mut Vec<Verdict>) {
+    let executor = results.unloaded.iter().find(|r| r.replicas > 0);
+    let floor = results.unloaded.iter().find(|r| r.replicas == 0);
+    if let (Some(executor), Some(floor)) = (executor, floor) {
+        let (e, f) = (
+            executor.overheads.succeeded_to_marked,
+            floor.overheads.succeeded_to_marked,
+        );
+        out.push((
             e.p99 <= 50.0,
             format!(
-                "pod Succeeded → markComplete p99: {:.1} ms (target ≤ 50 ms)",
-                e.p99
+                "pod Succeeded → markComplete p99, one job at a time: {:.1} ms (target ≤ 50 ms; the floor's {:.1} ms)",
+                e.p99, f.p99
             ),
-        );
+        ));
     }
 }
 
@@ -347,6 +375,7 @@ fn markdown(results: &Results, verdicts: &[Verdict]) -> String {
         let _ = writeln!(md, "- {} {text}", if *ok { "met:" } else { "**MISSED:**" });
     }
     rounds_table(&mut md, results);
+    stages_table(&mut md, results);
     requests_table(&mut md, results);
     logs_and_memory(&mut md, results);
     paper_estimate(&mut md, results);
@@ -360,7 +389,12 @@ fn rounds_table(md: &mut String, results: &Results) {
         "| round | concurrency | jobs | dequeue → Job created p50 / p95 / p99 ms | Succeeded → markComplete p50 / p95 / p99 ms | jobs/min | executor CPU s | control plane + node agent CPU s | executor peak RSS MB | most live Jobs per instance |"
     );
     let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|");
-    for round in results.floor.iter().chain(&results.levels) {
+    for round in results
+        .floor
+        .iter()
+        .chain(&results.unloaded)
+        .chain(&results.levels)
+    {
         let (c, m) = (
             round.overheads.dequeue_to_created,
             round.overheads.succeeded_to_marked,
@@ -388,6 +422,44 @@ fn rounds_table(md: &mut String, results: &Results) {
         md,
         "\nWhat bounds throughput: the CPU columns. The machine has {} CPUs for the control plane, the node agent's containers, the frontend and the executor together.",
         std::thread::available_parallelism().map_or(0, usize::from)
+    );
+}
+
+/// Succeeded → markComplete stage by stage, from the times the frontend received each call.
+fn stages_table(md: &mut String, results: &Results) {
+    let Some(first) = results.levels.first() else {
+        return;
+    };
+    let _ = writeln!(md, "\n## Where Succeeded → markComplete goes (p50 / p99 ms)\n");
+    let names: Vec<&str> = first.overheads.stages.iter().map(|(name, _)| *name).collect();
+    let _ = writeln!(md, "| round | concurrency | {} |", names.join(" | "));
+    let _ = writeln!(md, "|---|---|{}", "---|".repeat(names.len()));
+    for round in results
+        .floor
+        .iter()
+        .chain(&results.unloaded)
+        .chain(&results.levels)
+    {
+        let cells: Vec<String> = round
+            .overheads
+            .stages
+            .iter()
+            .map(|(_, s)| match s.p50.is_nan() {
+                true => "–".to_string(),
+                false => format!("{:.1} / {:.1}", s.p50, s.p99),
+            })
+            .collect();
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} |",
+            round.label,
+            round.concurrency,
+            cells.join(" | ")
+        );
+    }
+    let _ = writeln!(
+        md,
+        "\nEach stage runs from the previous one's call arriving at the frontend; the floor client adds no step entries, and adds its teardown entries before its deletes."
     );
 }
 

@@ -22,8 +22,8 @@ fn trivial_job() -> dev_frontend::NewJob {
     job(vec![step("trivial", &["true"])])
 }
 
-/// The floor client at concurrency 10.
-pub async fn floor(env: &Arc<Env>, observer: &Arc<Observer>, jobs: usize) -> Round {
+/// The floor client running `jobs` jobs, `concurrency` at a time.
+pub async fn floor(env: &Arc<Env>, observer: &Arc<Observer>, jobs: usize, concurrency: usize) -> Round {
     let ids: Vec<i64> = (0..jobs).map(|_| env.frontend.enqueue(trivial_job())).collect();
     let client = Arc::new(FloorClient {
         http: reqwest::Client::new(),
@@ -37,12 +37,12 @@ pub async fn floor(env: &Arc<Env>, observer: &Arc<Observer>, jobs: usize) -> Rou
     });
     let cluster_cpu = procs::total_cpu_seconds(&env.cluster.process_ids());
     let started = std::time::Instant::now();
-    floor::run(client, observer.clone(), jobs, 10).await;
+    floor::run(client, observer.clone(), jobs, concurrency).await;
     let elapsed = started.elapsed();
     let records = terminal_records(env, &ids).await;
     Round {
         label: "floor client".to_string(),
-        concurrency: 10,
+        concurrency,
         replicas: 0,
         jobs,
         completed: completed(&records),
@@ -79,7 +79,9 @@ pub async fn executors(
     let first_dequeue = records.iter().filter_map(|r| r.started_at).min();
     let last_mark = records.iter().filter_map(mark_time).max();
     let elapsed = span_seconds(first_dequeue, last_mark);
-    drop(executors);
+    for executor in executors {
+        executor.kill_and_wait().await;
+    }
     env.wait_no_objects(Duration::from_secs(120)).await;
     Round {
         label: format!("executor ×{replicas}"),
@@ -102,7 +104,9 @@ pub async fn idle_rss(env: &Arc<Env>) -> u64 {
     let executor = spawn(env, "bench-idle", 10);
     executor.wait_ready(Duration::from_secs(60)).await;
     // Ready means its watches are listed and synced: what an idle executor holds.
-    procs::rss_kib(executor.pid() as u32)
+    let rss = procs::rss_kib(executor.pid() as u32);
+    executor.kill_and_wait().await;
+    rss
 }
 
 /// `concurrency` jobs printing a line a second, all followed at once.
@@ -129,7 +133,7 @@ pub async fn streaming(env: &Arc<Env>, concurrency: usize) -> Streaming {
     let records = terminal_records(env, &ids).await;
     let completed = completed(&records);
     let peak = executor.peak_rss_kib();
-    drop(executor);
+    executor.kill_and_wait().await;
     env.wait_no_objects(Duration::from_secs(300)).await;
     Streaming {
         concurrency,
@@ -193,15 +197,50 @@ fn millis_between(from: Timestamp, to: Timestamp) -> f64 {
 fn overheads(observer: &Observer, records: &[JobRecord]) -> Overheads {
     let mut to_created = Vec::new();
     let mut to_marked = Vec::new();
+    let mut stages: Vec<(&'static str, Vec<f64>)> = STAGES.iter().map(|name| (*name, Vec::new())).collect();
     for record in records {
         if let (Some(dequeued), Some(created)) = (record.started_at, observer.job_created(record.id)) {
             to_created.push(millis_between(dequeued, created));
         }
         if let (Some(succeeded), Some(marked)) = (observer.pod_succeeded(record.id), mark_time(record)) {
             to_marked.push(millis_between(succeeded, marked));
+            for ((_, samples), sample) in stages.iter_mut().zip(stage_samples(record, succeeded, marked)) {
+                samples.extend(sample);
+            }
         }
     }
-    Overheads::from_samples(to_created, to_marked)
+    Overheads::from_samples(to_created, to_marked, stages)
+}
+
+/// The stages of Succeeded → markComplete, as the frontend saw the job's calls arrive.
+const STAGES: [&str; 5] = [
+    "Succeeded → every step entry closed",
+    "→ teardown.kubernetes.job entry added",
+    "→ teardown.fs entry added",
+    "→ markComplete",
+    "the teardown's deletes (the entry's duration)",
+];
+
+/// One job's figure for each of [`STAGES`]; a stage the job's calls do not show is `None` (the
+/// floor client adds no step entries).
+fn stage_samples(record: &JobRecord, succeeded: Timestamp, marked: Timestamp) -> [Option<f64>; 5] {
+    let entry = |key: &str| record.log_entries.iter().find(|e| e.key == key);
+    let steps_closed = record
+        .log_entries
+        .iter()
+        .filter(|e| !e.key.starts_with("teardown."))
+        .map(|e| e.last_update_at.unwrap_or(e.added_at))
+        .max();
+    let teardown_job = entry("teardown.kubernetes.job");
+    let teardown_fs = entry("teardown.fs").map(|e| e.added_at);
+    let gap = |from: Option<Timestamp>, to: Option<Timestamp>| Some(millis_between(from?, to?));
+    [
+        gap(Some(succeeded), steps_closed),
+        gap(steps_closed.or(Some(succeeded)), teardown_job.map(|e| e.added_at)),
+        gap(teardown_job.map(|e| e.added_at), teardown_fs),
+        gap(teardown_fs, Some(marked)),
+        teardown_job.and_then(|e| e.duration_ms).map(|ms| ms as f64),
+    ]
 }
 
 /// Samples the executors' resident memory every 100 ms: the most they held together.

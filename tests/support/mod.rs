@@ -249,6 +249,14 @@ impl Executor {
         assert!(status.success(), "kill -{signal} failed");
     }
 
+    /// Kills the executor and waits until it is gone: a job queued afterwards cannot be dequeued
+    /// by it (a kill that lands while a dequeue is answered would leave that job with a dead
+    /// executor until the frontend resets it).
+    pub async fn kill_and_wait(mut self) {
+        let _ = self.child.start_kill();
+        let _ = self.child.wait().await;
+    }
+
     pub async fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
         tokio::time::timeout(timeout, self.child.wait())
             .await
