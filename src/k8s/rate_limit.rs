@@ -7,7 +7,8 @@
 //!
 //! Requests take their tokens in the order they were sent, so a burst of new jobs' creates would
 //! hold the running jobs' log streams and deletes back behind it. [`Headroom`] lets the dequeue
-//! loop take a job only while the lower half of the bucket is free for the jobs already running.
+//! loop take a job only while at least half the bucket is free, so the lower half stays for the
+//! jobs already running.
 
 use std::{
     future::Future,
