@@ -41,23 +41,29 @@ impl Spread {
 pub struct Overheads {
     pub dequeue_to_created: Spread,
     pub succeeded_to_marked: Spread,
-    /// Where Succeeded → markComplete went, stage by stage, as the frontend saw each call arrive.
-    pub stages: Vec<(&'static str, Spread)>,
+    /// Where Succeeded → markComplete went, one spread per [`STAGES`] entry.
+    pub stages: [Spread; STAGES.len()],
 }
+
+/// The stages of Succeeded → markComplete, as the frontend saw the job's calls arrive.
+pub const STAGES: [&str; 5] = [
+    "Succeeded → every step entry closed",
+    "→ teardown.kubernetes.job entry added",
+    "→ teardown.fs entry added",
+    "→ markComplete",
+    "the teardown's deletes (the entry's duration)",
+];
 
 impl Overheads {
     pub fn from_samples(
         to_created: Vec<f64>,
         to_marked: Vec<f64>,
-        stages: Vec<(&'static str, Vec<f64>)>,
+        stages: [Vec<f64>; STAGES.len()],
     ) -> Overheads {
         Overheads {
             dequeue_to_created: Spread::of(&to_created),
             succeeded_to_marked: Spread::of(&to_marked),
-            stages: stages
-                .into_iter()
-                .map(|(name, samples)| (name, Spread::of(&samples)))
-                .collect(),
+            stages: stages.map(|samples| Spread::of(&samples)),
         }
     }
 }
@@ -136,6 +142,11 @@ pub struct Results {
 }
 
 impl Results {
+    /// Every round of trivial jobs in report order: the floor, one job at a time, then the levels.
+    fn trivial_rounds(&self) -> impl Iterator<Item = &Round> {
+        self.floor.iter().chain(&self.unloaded).chain(&self.levels)
+    }
+
     pub fn new(quick: bool, nodes: usize) -> Results {
         Results {
             quick,
@@ -389,12 +400,7 @@ fn rounds_table(md: &mut String, results: &Results) {
         "| round | concurrency | jobs | dequeue → Job created p50 / p95 / p99 ms | Succeeded → markComplete p50 / p95 / p99 ms | jobs/min | executor CPU s | control plane + node agent CPU s | executor peak RSS MB | most live Jobs per instance |"
     );
     let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|");
-    for round in results
-        .floor
-        .iter()
-        .chain(&results.unloaded)
-        .chain(&results.levels)
-    {
+    for round in results.trivial_rounds() {
         let (c, m) = (
             round.overheads.dequeue_to_created,
             round.overheads.succeeded_to_marked,
@@ -427,24 +433,15 @@ fn rounds_table(md: &mut String, results: &Results) {
 
 /// Succeeded → markComplete stage by stage, from the times the frontend received each call.
 fn stages_table(md: &mut String, results: &Results) {
-    let Some(first) = results.levels.first() else {
-        return;
-    };
     let _ = writeln!(md, "\n## Where Succeeded → markComplete goes (p50 / p99 ms)\n");
-    let names: Vec<&str> = first.overheads.stages.iter().map(|(name, _)| *name).collect();
-    let _ = writeln!(md, "| round | concurrency | {} |", names.join(" | "));
-    let _ = writeln!(md, "|---|---|{}", "---|".repeat(names.len()));
-    for round in results
-        .floor
-        .iter()
-        .chain(&results.unloaded)
-        .chain(&results.levels)
-    {
+    let _ = writeln!(md, "| round | concurrency | {} |", STAGES.join(" | "));
+    let _ = writeln!(md, "|---|---|{}", "---|".repeat(STAGES.len()));
+    for round in results.trivial_rounds() {
         let cells: Vec<String> = round
             .overheads
             .stages
             .iter()
-            .map(|(_, s)| match s.p50.is_nan() {
+            .map(|s| match s.p50.is_nan() {
                 true => "–".to_string(),
                 false => format!("{:.1} / {:.1}", s.p50, s.p99),
             })

@@ -11,7 +11,7 @@ use crate::{
     floor::{self, FloorClient},
     observe::Observer,
     procs,
-    report::{Overheads, Round, Streaming},
+    report::{Overheads, Round, STAGES, Streaming},
     support::{Env, Executor, job, step},
 };
 
@@ -197,14 +197,14 @@ fn millis_between(from: Timestamp, to: Timestamp) -> f64 {
 fn overheads(observer: &Observer, records: &[JobRecord]) -> Overheads {
     let mut to_created = Vec::new();
     let mut to_marked = Vec::new();
-    let mut stages: Vec<(&'static str, Vec<f64>)> = STAGES.iter().map(|name| (*name, Vec::new())).collect();
+    let mut stages: [Vec<f64>; STAGES.len()] = Default::default();
     for record in records {
         if let (Some(dequeued), Some(created)) = (record.started_at, observer.job_created(record.id)) {
             to_created.push(millis_between(dequeued, created));
         }
         if let (Some(succeeded), Some(marked)) = (observer.pod_succeeded(record.id), mark_time(record)) {
             to_marked.push(millis_between(succeeded, marked));
-            for ((_, samples), sample) in stages.iter_mut().zip(stage_samples(record, succeeded, marked)) {
+            for (samples, sample) in stages.iter_mut().zip(stage_samples(record, succeeded, marked)) {
                 samples.extend(sample);
             }
         }
@@ -212,18 +212,9 @@ fn overheads(observer: &Observer, records: &[JobRecord]) -> Overheads {
     Overheads::from_samples(to_created, to_marked, stages)
 }
 
-/// The stages of Succeeded → markComplete, as the frontend saw the job's calls arrive.
-const STAGES: [&str; 5] = [
-    "Succeeded → every step entry closed",
-    "→ teardown.kubernetes.job entry added",
-    "→ teardown.fs entry added",
-    "→ markComplete",
-    "the teardown's deletes (the entry's duration)",
-];
-
 /// One job's figure for each of [`STAGES`]; a stage the job's calls do not show is `None` (the
 /// floor client adds no step entries).
-fn stage_samples(record: &JobRecord, succeeded: Timestamp, marked: Timestamp) -> [Option<f64>; 5] {
+fn stage_samples(record: &JobRecord, succeeded: Timestamp, marked: Timestamp) -> [Option<f64>; STAGES.len()] {
     let entry = |key: &str| record.log_entries.iter().find(|e| e.key == key);
     let steps_closed = record
         .log_entries
